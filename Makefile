@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` and `make test` (see README).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: run test test-slow bench data report clean-venv
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision pinned to the releases this project is tested with
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[dev,launchers]"
+	touch $(STAMP)
+
+# Make sure the default dataset (Fashion-MNIST) is present: Debian's package when we are root
+# on Debian, otherwise torchvision's download on first use (dataset.download=true).
+data:
+	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null || echo "apt-get failed; train.py will try torchvision's download"; \
+	fi
+
+run: $(STAMP) data
+	$(PY) train.py
+
+test: $(STAMP) data
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) data
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP) data
+	$(PY) scripts/bench.py
+
+report: $(STAMP)
+	$(PY) scripts/report.py
+
+clean-venv:
+	rm -rf $(VENV)

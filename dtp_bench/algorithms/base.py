@@ -1,0 +1,111 @@
+"""What the trainer knows of an algorithm, and the registry that maps names to classes.
+
+The trainer only calls ``train_step`` per batch, ``before_epoch`` / ``after_epoch`` around each
+epoch and ``predict`` for evaluation. Everything else (targets, feedback networks, optimizers,
+schedules) is the algorithm's own business.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from ..data import BatchFactory
+from ..nn.blocks import Network, count_parameters
+from ..optim import build_optimizer, build_schedule
+
+ALGORITHMS: dict[str, type["Algorithm"]] = {}
+
+
+def register_algorithm(name: str) -> Callable[[type["Algorithm"]], type["Algorithm"]]:
+    def decorate(cls: type[Algorithm]) -> type[Algorithm]:
+        ALGORITHMS[name] = cls
+        cls.name = name
+        return cls
+    return decorate
+
+
+def build_algorithm(cfg, network: Network, epochs: int) -> "Algorithm":
+    from . import load_all  # registers every algorithm module
+
+    load_all()
+    if cfg.name not in ALGORITHMS:
+        raise ValueError(f"algorithm {cfg.name!r} is not implemented; known: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[cfg.name](cfg, network, epochs)
+
+
+class Algorithm(nn.Module):
+    """Base class. Subclasses own their optimizers and any feedback modules (as submodules, so
+    ``.to(device)`` and ``state_dict`` cover them)."""
+
+    name = "base"
+
+    def __init__(self, cfg, network: Network, epochs: int):
+        super().__init__()
+        self.cfg = cfg
+        self.network = network
+        self.epochs = epochs
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedules: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ set-up helpers
+    def add_optimizer(self, key: str, optimizer: torch.optim.Optimizer, opt_cfg) -> torch.optim.Optimizer:
+        """Register an optimizer (checkpointed, reported in metrics) with its schedule."""
+        self.optimizers[key] = optimizer
+        schedule = build_schedule(opt_cfg, optimizer, self.epochs)
+        if schedule is not None:
+            self.schedules[key] = schedule
+        return optimizer
+
+    def forward_optimizer(self, params: Optional[Iterator[nn.Parameter]] = None) -> torch.optim.Optimizer:
+        params = list(self.network.parameters() if params is None else params)
+        return self.add_optimizer("forward", build_optimizer(self.cfg.optimizer, params), self.cfg.optimizer)
+
+    # ------------------------------------------------------------ what the trainer calls
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update on one batch. Returns (mean task loss, logits), both detached, computed on the
+        forward pass the update used."""
+        raise NotImplementedError
+
+    def before_epoch(self, epoch: int, batches: BatchFactory) -> None:
+        """Called before each forward epoch; ``batches()`` yields a fresh pass over the training
+        data (used by schedules that train feedback for a whole epoch first)."""
+
+    def after_epoch(self, epoch: int) -> None:
+        for schedule in self.schedules.values():
+            schedule.step()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    # ------------------------------------------------------------ reporting and checkpoints
+    def learning_rates(self) -> dict[str, float]:
+        return {f"lr_{key}": opt.param_groups[0]["lr"] for key, opt in self.optimizers.items()}
+
+    def feedback_parameters(self) -> list[nn.Parameter]:
+        """Parameters of trained feedback pathways (fixed random feedback is not counted)."""
+        return []
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {"forward": count_parameters(self.network.parameters()),
+                "feedback": count_parameters(self.feedback_parameters())}
+
+    def training_state(self) -> dict:
+        return {"modules": self.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedules": {k: s.state_dict() for k, s in self.schedules.items()}}
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["modules"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        for key, schedule in self.schedules.items():
+            schedule.load_state_dict(state["schedules"][key])
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    # float32 at least: bf16 log-softmax loses the small differences targets are made of
+    return nn.functional.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits,
+                                       y, reduction=reduction)

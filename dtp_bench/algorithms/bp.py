@@ -1,0 +1,21 @@
+"""Backpropagation: the reference every other algorithm is compared with."""
+from __future__ import annotations
+
+import torch
+
+from .base import Algorithm, cross_entropy, register_algorithm
+
+
+@register_algorithm("bp")
+class Backprop(Algorithm):
+    def __init__(self, cfg, network, epochs):
+        super().__init__(cfg, network, epochs)
+        self.optimizer = self.forward_optimizer()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.network(x)
+        loss = cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), logits.detach()

@@ -1,0 +1,269 @@
+"""Typed configuration schemas, registered in Hydra's ConfigStore.
+
+Every YAML option in ``conf/`` starts from one of these schemas (``defaults: [<name>_schema]``),
+so Hydra rejects an unknown key or a value of the wrong type while composing. Values that are
+well typed but impossible (a negative learning rate, a zero batch size) are rejected by
+``validate``, which runs before any data is read or any model is built.
+
+Algorithms and architectures register their own schemas next to their code with
+``register_schema`` so adding one means one module and one YAML file.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, is_dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the fix."""
+
+
+# ---------------------------------------------------------------- helpers for __post_init__
+def check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def check_choice(value: Any, key: str, allowed: tuple[str, ...] | list[str]) -> None:
+    check(value in allowed, key, f"got {value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def check_positive(value: Any, key: str, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    check(ok, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def per_layer(value: Any, n_layers: int, key: str, allow_zero: bool = True) -> list[float]:
+    """A hyperparameter given as one number or as a list with one value per layer (forward order)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        values = [float(value)] * n_layers
+    else:
+        values = [float(v) for v in value]
+        check(len(values) == n_layers, key,
+              f"has {len(values)} values but this network has {n_layers} layers that use it; "
+              f"give one number or a list of {n_layers}")
+    for v in values:
+        check_positive(v, key, allow_zero=allow_zero)
+    return values
+
+
+def check_number_or_list(value: Any, key: str, allow_zero: bool = True) -> None:
+    items = value if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+    check(len(items) > 0, key, "must not be empty")
+    for v in items:
+        check_positive(v, key, allow_zero=allow_zero)
+
+
+# ---------------------------------------------------------------- optimizer
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+SCHEDULES = ("none", "cosine", "step")
+
+
+@dataclass
+class OptimizerConfig:
+    """One optimizer and its schedule. ``lr`` may be a list (one value per layer) where the
+    algorithm trains layers separately (target-propagation feedback, for instance)."""
+
+    name: str = "adam"
+    lr: Any = 1e-3
+    momentum: float = 0.0  # sgd
+    nesterov: bool = False  # sgd
+    beta1: float = 0.9  # adam
+    beta2: float = 0.999  # adam
+    eps: float = 1e-8  # adam, rmsprop
+    alpha: float = 0.99  # rmsprop smoothing constant
+    centered: bool = False  # rmsprop
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    cosine_t_max: Optional[int] = None  # epochs; null = trainer.epochs
+    cosine_eta_min: float = 0.0
+    step_size: int = 30  # epochs between decays (schedule=step)
+    step_gamma: float = 0.1
+
+    def validate(self, key: str) -> None:
+        check_choice(self.name, f"{key}.name", OPTIMIZERS)
+        check_choice(self.schedule, f"{key}.schedule", SCHEDULES)
+        check_number_or_list(self.lr, f"{key}.lr", allow_zero=False)
+        check(0.0 <= self.momentum < 1.0, f"{key}.momentum", f"must be in [0, 1), got {self.momentum}")
+        check(not (self.nesterov and self.momentum == 0), f"{key}.nesterov",
+              "needs momentum > 0")
+        check(0.0 <= self.beta1 < 1.0, f"{key}.beta1", f"must be in [0, 1), got {self.beta1}")
+        check(0.0 <= self.beta2 < 1.0, f"{key}.beta2", f"must be in [0, 1), got {self.beta2}")
+        check_positive(self.eps, f"{key}.eps")
+        check(0.0 <= self.alpha < 1.0, f"{key}.alpha", f"must be in [0, 1), got {self.alpha}")
+        check_positive(self.weight_decay, f"{key}.weight_decay", allow_zero=True)
+        check(self.cosine_t_max is None or self.cosine_t_max > 0, f"{key}.cosine_t_max", "must be > 0")
+        check_positive(self.cosine_eta_min, f"{key}.cosine_eta_min", allow_zero=True)
+        check_positive(self.step_size, f"{key}.step_size")
+        check(0.0 < self.step_gamma <= 1.0, f"{key}.step_gamma", "must be in (0, 1]")
+
+
+# ---------------------------------------------------------------- groups
+PRECISIONS = ("fp32", "fp64", "bf16")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 5
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    device: str = "auto"  # auto = cuda if available, else cpu; or cpu, cuda, cuda:1, mps
+    precision: str = "fp32"  # fp32, fp64, or bf16 (autocast; parameters stay fp32)
+    val_size: int = 0  # 0 = train on the full training set and report test, as the papers did
+    limit_train_batches: Optional[int] = None  # null = all; for quick checks
+    limit_eval_batches: Optional[int] = None
+    checkpoint: bool = True  # checkpoint.pt after every epoch (atomic)
+    progress: str = "auto"  # auto = a tqdm bar only when stdout is a terminal; on; off
+    deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are already)
+
+    def validate(self, key: str = "trainer") -> None:
+        check_positive(self.epochs, f"{key}.epochs", allow_zero=True)
+        check_positive(self.batch_size, f"{key}.batch_size")
+        check_positive(self.eval_batch_size, f"{key}.eval_batch_size")
+        check_choice(self.precision, f"{key}.precision", PRECISIONS)
+        check_choice(self.progress, f"{key}.progress", ("auto", "on", "off"))
+        check_positive(self.val_size, f"{key}.val_size", allow_zero=True)
+        for name in ("limit_train_batches", "limit_eval_batches"):
+            value = getattr(self, name)
+            check(value is None or value > 0, f"{key}.{name}", f"must be null or > 0, got {value}")
+        device = self.device
+        check(device in ("auto", "cpu", "mps") or device.startswith("cuda"), f"{key}.device",
+              f"got {device!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class AugmentConfig:
+    """Batched, on-device augmentation of training images (test images are only normalised)."""
+
+    crop_padding: int = 0  # random crop of the original size after padding by this many pixels
+    padding_mode: str = "zero"  # zero or edge
+    hflip: bool = False
+    vflip: bool = False
+
+    def validate(self, key: str) -> None:
+        check_positive(self.crop_padding, f"{key}.crop_padding", allow_zero=True)
+        check_choice(self.padding_mode, f"{key}.padding_mode", ("zero", "edge"))
+
+
+DATASETS = ("mnist", "fmnist", "cifar10", "cifar100", "imagenet32")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: Optional[str] = None  # null = $DTP_BENCH_DATA or ~/.cache/dtp_bench
+    download: bool = True  # through torchvision, when files are missing and a network exists
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pca_components: Optional[int] = None  # project flattened inputs on the top-k principal axes
+
+    def validate(self, key: str = "dataset") -> None:
+        check_choice(self.name, f"{key}.name", DATASETS)
+        check(len(self.mean) == len(self.std) and len(self.mean) > 0, f"{key}.mean",
+              "mean and std need the same number of values (1 or one per channel)")
+        for s in self.std:
+            check_positive(s, f"{key}.std")
+        check(self.pca_components is None or self.pca_components > 0, f"{key}.pca_components",
+              "must be null or > 0")
+        self.augment.validate(f"{key}.augment")
+
+
+LOGGERS = ("none", "wandb")
+
+
+@dataclass
+class LoggerConfig:
+    """metrics.jsonl and summary.json are always written; this adds an external logger."""
+
+    name: str = "none"
+    project: str = "dtp_bench"
+    entity: Optional[str] = None
+    mode: str = "offline"  # wandb never touches the network unless set to online
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self, key: str = "logger") -> None:
+        check_choice(self.name, f"{key}.name", LOGGERS)
+        check_choice(self.mode, f"{key}.mode", ("offline", "online", "disabled"))
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Alignment diagnostics (angles with backprop); off by default."""
+
+    every_n_steps: int = 0  # 0 = off
+    jacobian_samples: int = 4  # samples used to estimate feedback Jacobians
+
+    def validate(self, key: str = "diagnostics") -> None:
+        check_positive(self.every_n_steps, f"{key}.every_n_steps", allow_zero=True)
+        check_positive(self.jacobian_samples, f"{key}.jacobian_samples")
+
+
+@dataclass
+class ReferenceConfig:
+    """What a preset reproduces; the report joins runs to the paper's numbers on these fields."""
+
+    paper: str = ""
+    table: str = ""
+    row: str = ""
+    column: str = ""
+    metric: str = "test_error"  # test_error, train_error, test_accuracy, top5_accuracy
+    value: Optional[float] = None
+    std: Optional[float] = None
+    note: str = ""
+
+
+@dataclass
+class Config:
+    algorithm: Any = MISSING
+    dataset: DatasetConfig = MISSING
+    arch: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    reference: Optional[ReferenceConfig] = None
+    seed: int = 0
+    resume: bool = False
+
+
+# ---------------------------------------------------------------- registry of schemas
+_store = ConfigStore.instance()
+
+
+def register_schema(group: str, name: str, node: type) -> type:
+    """Store ``node`` as ``<group>/<name>_schema``; ``conf/<group>/<name>.yaml`` extends it."""
+    _store.store(group=group, name=f"{name}_schema", node=node)
+    return node
+
+
+_store.store(name="config_schema", node=Config)
+register_schema("trainer", "default", TrainerConfig)
+register_schema("logger", "base", LoggerConfig)
+register_schema("dataset", "base", DatasetConfig)
+
+
+def validate(cfg: DictConfig) -> Any:
+    """Turn the composed config into dataclass objects and check every value.
+
+    Returns the typed object tree (``Config``). Raises ``ConfigError`` naming the first bad key.
+    """
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except Exception as exc:  # missing mandatory values, interpolation errors
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+    for name in ("algorithm", "arch"):
+        node = getattr(obj, name)
+        if not is_dataclass(node):
+            raise ConfigError(f"{name}: no {name} selected; pass {name}=<option> (see README)")
+        node.validate(name)
+    obj.trainer.validate("trainer")
+    obj.dataset.validate("dataset")
+    obj.logger.validate("logger")
+    obj.diagnostics.validate("diagnostics")
+    check(obj.seed >= 0, "seed", f"must be >= 0, got {obj.seed}")
+    return obj

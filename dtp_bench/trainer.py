@@ -1,0 +1,283 @@
+"""The epoch loop: data, model and algorithm in; metrics.jsonl, summary.json and checkpoints out.
+
+The trainer knows nothing of any algorithm beyond ``Algorithm``'s five methods.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from .algorithms.base import Algorithm, build_algorithm
+from .config import ConfigError
+from .data import DeviceData
+from .nn.blocks import build_network
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device: {name!r} requested but CUDA is not available; "
+                          f"use trainer.device=cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device: 'mps' requested but not available; use trainer.device=cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _config_fingerprint(cfg) -> dict:
+    """The config minus what may legitimately change on resume."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("resume", None)
+    container.get("trainer", {}).pop("epochs", None)
+    container.get("trainer", {}).pop("progress", None)
+    container.pop("logger", None)
+    return container
+
+
+class Trainer:
+    def __init__(self, cfg, typed, run_dir: Path, choices: Optional[dict] = None):
+        """``cfg``: the composed DictConfig; ``typed``: its validated dataclass tree."""
+        self.cfg, self.typed, self.run_dir = cfg, typed, Path(run_dir)
+        self.choices = choices or {}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        t = typed.trainer
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = resolve_device(t.device)
+        self.dtype = DTYPES[t.precision]
+        self.autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+                         if t.precision == "bf16" else contextlib.nullcontext())
+        seed_everything(typed.seed)
+        self.data = DeviceData(typed.dataset, self.device, self.dtype, t.val_size, typed.seed)
+        self.network = build_network(typed.arch, self.data.input_shape, self.data.num_classes)
+        self.network.to(device=self.device, dtype=self.dtype)
+        self.algorithm: Algorithm = build_algorithm(typed.algorithm, self.network, t.epochs)
+        self.algorithm.to(device=self.device, dtype=self.dtype)
+        self.generator = torch.Generator(device=self.device).manual_seed(typed.seed)
+        self.history: list[dict] = []
+        self.best_test_error = math.inf
+        self.start_epoch = 0
+        self.elapsed = 0.0
+        self.logger = None
+        self.diverged_epoch: Optional[int] = None
+        self.step = 0
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint_state(self) -> dict:
+        return {
+            "epochs_completed": len(self.history),
+            "history": self.history,
+            "best_test_error": self.best_test_error,
+            "elapsed": self.elapsed,
+            "step": self.step,
+            "algorithm": self.algorithm.training_state(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_data": self.generator.get_state(),
+            "config": json.dumps(_config_fingerprint(self.cfg), sort_keys=True),
+        }
+
+    def save_checkpoint(self) -> None:
+        path = self.run_dir / CHECKPOINT
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(self._checkpoint_state(), tmp)
+        os.replace(tmp, path)  # atomic: a crash mid-write never leaves a broken checkpoint
+
+    def try_resume(self) -> bool:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            print(f"resume=true but no {CHECKPOINT} in {self.run_dir}; starting from scratch", file=sys.stderr)
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            raise ConfigError(f"resume: {path} cannot be read ({exc.__class__.__name__}); delete it "
+                              f"or set resume=false") from exc
+        if state["config"] != json.dumps(_config_fingerprint(self.cfg), sort_keys=True):
+            raise ConfigError(f"resume: {path} was written by a different configuration; use a new "
+                              f"output directory or the same overrides as the original run")
+        self.algorithm.load_training_state(state["algorithm"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.generator.set_state(state["rng_data"].cpu())
+        self.history = list(state["history"])
+        self.best_test_error = state["best_test_error"]
+        self.elapsed = state["elapsed"]
+        self.step = state["step"]
+        self.start_epoch = state["epochs_completed"]
+        # metrics.jsonl is rewritten from the checkpoint so a crash after it was appended does not
+        # leave a duplicate line
+        with open(self.run_dir / METRICS, "w") as f:
+            for row in self.history:
+                f.write(json.dumps(row) + "\n")
+        return True
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str) -> float:
+        t = self.typed.trainer
+        wrong = torch.zeros((), device=self.device)
+        n = 0
+        with self.autocast:
+            for x, y in self.data.eval_batches(split, t.eval_batch_size, t.limit_eval_batches):
+                logits = self.algorithm.predict(x)
+                wrong += (logits.argmax(1) != y).sum()
+                n += len(y)
+        return 100.0 * wrong.item() / max(n, 1)
+
+    # ------------------------------------------------------------ the loop
+    def _progress(self, total: int, epoch: int):
+        mode = self.typed.trainer.progress
+        enabled = mode == "on" or (mode == "auto" and sys.stdout.isatty())
+        if not enabled:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.typed.trainer.epochs}", leave=False)
+
+    def train_epoch(self, epoch: int) -> dict:
+        t = self.typed.trainer
+        factory = lambda: self.data.train_batches(t.batch_size, self.generator, t.limit_train_batches)  # noqa: E731
+        self.algorithm.train()
+        self.algorithm.before_epoch(epoch, factory)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        wrong = torch.zeros((), device=self.device, dtype=torch.float64)
+        n = 0
+        bar = self._progress(self.data.batches_per_epoch(t.batch_size, t.limit_train_batches), epoch)
+        start = time.perf_counter()
+        for x, y in factory():
+            with self.autocast:
+                loss, logits = self.algorithm.train_step(x, y)
+            # accumulate on the device: no host synchronisation inside the loop
+            loss_sum += loss.double() * len(y)
+            wrong += (logits.argmax(1) != y).sum()
+            n += len(y)
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        self.algorithm.eval()
+        return {"train_loss": loss_sum.item() / max(n, 1), "train_error": 100.0 * wrong.item() / max(n, 1),
+                "epoch_seconds": seconds, "examples_per_second": n / max(seconds, 1e-9),
+                **self.algorithm.learning_rates()}
+
+    def fit(self) -> dict:
+        t = self.typed.trainer
+        if self.typed.resume:
+            self.try_resume()
+        else:
+            (self.run_dir / METRICS).write_text("")
+        self._open_logger()
+        self.write_summary("running")
+        for epoch in range(self.start_epoch, t.epochs):
+            row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            if not math.isfinite(row["train_loss"]):
+                self.diverged_epoch = epoch + 1
+                row["test_error"] = None
+                self._record(row, checkpoint=False)
+                print(f"diverged: training loss became {row['train_loss']} in epoch {epoch + 1}",
+                      file=sys.stderr)
+                return self.write_summary("diverged")
+            row["test_error"] = self.evaluate("test")
+            if self.data.val_y is not None:
+                row["val_error"] = self.evaluate("val")
+            self.algorithm.after_epoch(epoch)
+            self.elapsed += row["epoch_seconds"]
+            self.best_test_error = min(self.best_test_error, row["test_error"])
+            self._record(row, checkpoint=t.checkpoint)
+        return self.write_summary("completed")
+
+    def _record(self, row: dict, checkpoint: bool) -> None:
+        self.history.append(row)
+        with open(self.run_dir / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.logger is not None:
+            self.logger.log({k: v for k, v in row.items() if v is not None}, step=row["epoch"])
+        if checkpoint:
+            self.save_checkpoint()
+
+    def _open_logger(self) -> None:
+        cfg = self.typed.logger
+        if cfg.name != "wandb":
+            return
+        import wandb  # optional at run time; installed as a dependency
+
+        self.logger = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, tags=list(cfg.tags),
+                                 dir=str(self.run_dir), config=OmegaConf.to_container(self.cfg, resolve=True),
+                                 resume="allow" if self.typed.resume else None)
+
+    # ------------------------------------------------------------ summary
+    def write_summary(self, status: str) -> dict:
+        last = self.history[-1] if self.history else {}
+        completed = [r for r in self.history if r.get("test_error") is not None]
+        summary = {
+            "status": status,
+            "final_test_error": completed[-1]["test_error"] if completed else None,
+            "best_test_error": self.best_test_error if math.isfinite(self.best_test_error) else None,
+            "final_train_error": last.get("train_error"),
+            "final_val_error": completed[-1].get("val_error") if completed else None,
+            "best_val_error": min((r["val_error"] for r in completed if "val_error" in r), default=None),
+            "epochs_completed": len(completed),
+            "epochs_planned": self.typed.trainer.epochs,
+            "diverged_epoch": self.diverged_epoch,
+            "total_seconds": self.elapsed,
+            "choices": self.choices,
+            "seed": self.typed.seed,
+            "parameters": self.algorithm.parameter_counts(),
+            "device": str(self.device),
+            "hardware": hardware_description(self.device),
+            "host": socket.gethostname(),
+            "precision": self.typed.trainer.precision,
+            "torch_version": torch.__version__,
+            "command": " ".join(["python"] + sys.argv),
+        }
+        ref = self.typed.reference
+        if ref is not None:
+            summary["reference"] = dict(vars(ref))
+        write_json_atomic(self.run_dir / SUMMARY, summary)
+        if status != "running" and self.logger is not None:
+            self.logger.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+            self.logger.finish()
+        return summary
