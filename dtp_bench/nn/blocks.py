@@ -7,6 +7,7 @@ output and weight op; the blocks issue adds each block's feedback counterpart.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, Iterable, Optional
 
@@ -80,23 +81,46 @@ class BatchNormNoAffine(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps)
 
 
-WEIGHT_OPS = (nn.Linear, nn.Conv2d)
+ACTIVATION_TYPES = (nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Identity)
+FEEDBACK_PLACEMENTS = ("output", "mirror")
+
+
+def mirror_op(op: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+              bias: bool) -> nn.Module:
+    """The feedback counterpart of one forward op (maps its output space to its input space).
+
+    ``in_shape``/``out_shape`` are the op's per-sample shapes. New weights are left at PyTorch's
+    default init; ``Block.make_feedback`` re-initialises them."""
+    if isinstance(op, nn.Linear):
+        return nn.Linear(op.out_features, op.in_features, bias=bias)
+    if isinstance(op, nn.Flatten):
+        return nn.Unflatten(1, in_shape)
+    raise NotImplementedError(f"no feedback counterpart for {op.__class__.__name__}")
 
 
 class Block(nn.Module):
-    """One layer f_l. ``ops`` run in order; exactly one of them carries the layer's weights."""
+    """One layer f_l. ``ops`` run in order; exactly one of them carries the layer's weights.
+
+    ``in_shape``/``out_shape`` (per sample) are filled in by ``Network``."""
 
     def __init__(self, *ops: nn.Module):
         super().__init__()
         self.ops = nn.Sequential(*ops)
+        self.in_shape: tuple[int, ...] = ()
+        self.out_shape: tuple[int, ...] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops(x)
 
+    def forward_ctx(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Forward pass that also returns what the feedback block needs from it (pooling indices).
+        The context is returned, never stored, so several models can share a process."""
+        return self.ops(x), {}
+
     @property
     def weight_op(self) -> nn.Module:
         for op in self.ops:
-            if hasattr(op, "weight") and isinstance(op.weight, torch.Tensor):
+            if isinstance(getattr(op, "weight", None), torch.Tensor):
                 return op
         raise AttributeError("block has no weight op")
 
@@ -104,9 +128,74 @@ class Block(nn.Module):
     def activation(self) -> nn.Module:
         """The block's nonlinearity (Identity for a linear block)."""
         for op in self.ops:
-            if isinstance(op, (nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Identity)):
+            if isinstance(op, ACTIVATION_TYPES):
                 return op
         return nn.Identity()
+
+    def op_shapes(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(in_shape, out_shape) per op, by a dry run on one zero sample."""
+        shapes = []
+        x = torch.zeros((1, *self.in_shape), dtype=self.weight_op.weight.dtype,
+                        device=self.weight_op.weight.device)
+        with torch.no_grad():
+            for op in self.ops:
+                y = op(x)
+                shapes.append((tuple(x.shape[1:]), tuple(y.shape[1:])))
+                x = y
+        return shapes
+
+    def make_feedback(self, placement: str = "output", output_activation: Optional[nn.Module] = None,
+                      bias: bool = True, init: str = "xavier_uniform", gain: float = 1.0) -> "FeedbackBlock":
+        """Build g_l, from this block's output space to its input space, op by op in reverse.
+
+        placement="output" (Lee et al. 2015, Bartunov et al. 2018, FW-DTP): the mirrored weight and
+          reshape ops in reverse order, then ``output_activation`` — the nonlinearity of the block
+          *below*, so g_l's range is that of h_{l-1}: g_l(h) = σ_{l-1}(V_l h + c_l).
+        placement="mirror" (Ernoult et al. 2022's ``invert``): every op mirrored in reverse order, the
+          block's own activation included, e.g. Conv→ELU→MaxPool becomes MaxUnpool→ELU→ConvTranspose.
+        """
+        if placement not in FEEDBACK_PLACEMENTS:
+            raise ValueError(f"feedback placement {placement!r}; choose one of {FEEDBACK_PLACEMENTS}")
+        ops: list[nn.Module] = []
+        for op, (in_shape, out_shape) in reversed(list(zip(self.ops, self.op_shapes()))):
+            if isinstance(op, ACTIVATION_TYPES) or isinstance(op, BatchNormNoAffine):
+                if placement == "mirror" and isinstance(op, ACTIVATION_TYPES):
+                    ops.append(copy.deepcopy(op))
+                continue
+            mirrored = mirror_op(op, in_shape, out_shape, bias)
+            weight = getattr(mirrored, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                init_weight(weight, init, gain)
+                init_bias(getattr(mirrored, "bias", None), init, _fan_in(mirrored))
+            ops.append(mirrored)
+        if placement == "output" and output_activation is not None:
+            ops.append(output_activation)
+        return FeedbackBlock(ops).to(self.weight_op.weight.device, self.weight_op.weight.dtype)
+
+
+def _fan_in(op: nn.Module) -> int:
+    return nn.init._calculate_fan_in_and_fan_out(op.weight)[0] if op.weight.dim() >= 2 else op.weight.numel()
+
+
+class FeedbackBlock(nn.Module):
+    """g_l: maps block l's output space to its input space. ``ctx`` is the forward context of the
+    pass whose pooling indices should be used (see ``Block.forward_ctx``)."""
+
+    def __init__(self, ops: list[nn.Module]):
+        super().__init__()
+        self.ops = nn.ModuleList(ops)
+
+    def forward(self, y: torch.Tensor, ctx: Optional[dict] = None) -> torch.Tensor:
+        for op in self.ops:
+            y = op(y, ctx) if getattr(op, "needs_ctx", False) else op(y)
+        return y
+
+    @property
+    def weight_op(self) -> nn.Module:
+        for op in self.ops:
+            if isinstance(getattr(op, "weight", None), torch.Tensor):
+                return op
+        raise AttributeError("feedback block has no weight op")
 
 
 class Network(nn.Module):
@@ -117,6 +206,12 @@ class Network(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
+        shape = self.input_shape
+        with torch.no_grad():  # record each block's per-sample input and output shapes
+            for block in self.blocks:
+                block.in_shape = shape
+                shape = tuple(block(torch.zeros(2, *shape)).shape[1:])
+                block.out_shape = shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -131,6 +226,15 @@ class Network(nn.Module):
             inp = hs[-1].detach() if detach_inputs else hs[-1]
             hs.append(block(inp))
         return hs
+
+    def activations_ctx(self, x: torch.Tensor, detach_inputs: bool = True) -> tuple[list[torch.Tensor], list[dict]]:
+        """Like ``activations`` but also each block's forward context (pooling indices)."""
+        hs, ctxs = [x], []
+        for block in self.blocks:
+            h, ctx = block.forward_ctx(hs[-1].detach() if detach_inputs else hs[-1])
+            hs.append(h)
+            ctxs.append(ctx)
+        return hs, ctxs
 
     def __len__(self) -> int:
         return len(self.blocks)
