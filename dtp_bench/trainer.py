@@ -177,12 +177,12 @@ class Trainer:
         t = self.typed.trainer
         factory = lambda: self.data.train_batches(t.batch_size, self.generator, t.limit_train_batches)  # noqa: E731
         self.algorithm.train()
+        start = time.perf_counter()  # feedback-only phases (alternating schedules) count too
         self.algorithm.before_epoch(epoch, factory)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         wrong = torch.zeros((), device=self.device, dtype=torch.float64)
         n = 0
         bar = self._progress(self.data.batches_per_epoch(t.batch_size, t.limit_train_batches), epoch)
-        start = time.perf_counter()
         for x, y in factory():
             with self.autocast:
                 loss, logits = self.algorithm.train_step(x, y)

@@ -18,10 +18,11 @@ from ..optim import build_optimizer, build_schedule
 ALGORITHMS: dict[str, type["Algorithm"]] = {}
 
 
-def register_algorithm(name: str) -> Callable[[type["Algorithm"]], type["Algorithm"]]:
+def register_algorithm(*names: str) -> Callable[[type["Algorithm"]], type["Algorithm"]]:
+    """Register a class under one or more ``algorithm.name`` values (one engine may serve several)."""
     def decorate(cls: type[Algorithm]) -> type[Algorithm]:
-        ALGORITHMS[name] = cls
-        cls.name = name
+        for name in names:
+            ALGORITHMS[name] = cls
         return cls
     return decorate
 
@@ -38,8 +39,6 @@ def build_algorithm(cfg, network: Network, epochs: int) -> "Algorithm":
 class Algorithm(nn.Module):
     """Base class. Subclasses own their optimizers and any feedback modules (as submodules, so
     ``.to(device)`` and ``state_dict`` cover them)."""
-
-    name = "base"
 
     def __init__(self, cfg, network: Network, epochs: int):
         super().__init__()
@@ -66,6 +65,16 @@ class Algorithm(nn.Module):
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Update on one batch. Returns (mean task loss, logits), both detached, computed on the
         forward pass the update used."""
+        optimizer = self.optimizers["forward"]
+        optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.forward_update(x, y)
+        optimizer.step()
+        return loss, logits
+
+    def forward_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this algorithm's update direction for the forward weights into their ``.grad``
+        (what the optimizer consumes; diagnostics compare it with backprop's) without stepping.
+        Returns (mean task loss, logits), detached."""
         raise NotImplementedError
 
     def before_epoch(self, epoch: int, batches: BatchFactory) -> None:

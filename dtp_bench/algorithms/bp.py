@@ -10,12 +10,10 @@ from .base import Algorithm, cross_entropy, register_algorithm
 class Backprop(Algorithm):
     def __init__(self, cfg, network, epochs):
         super().__init__(cfg, network, epochs)
-        self.optimizer = self.forward_optimizer()
+        self.forward_optimizer()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.network(x)
         loss = cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
         return loss.detach(), logits.detach()

@@ -6,10 +6,12 @@ extends it and sets the defaults a user sees.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
 
-from ..config import OptimizerConfig, register_schema
+from ..config import (OptimizerConfig, check, check_choice, check_number_or_list, check_positive,
+                      register_schema)
 
 
 @dataclass
@@ -29,3 +31,118 @@ class BPConfig(AlgorithmConfig):
 
 
 register_schema("algorithm", "bp", BPConfig)
+
+
+# ---------------------------------------------------------------- target propagation family
+FIRST_TARGETS = ("penultimate_gradient", "output_gradient", "label")
+PROPAGATIONS = ("difference", "plain")
+FEEDBACK_KINDS = ("learned", "fixed_random", "jacobian_transpose")
+INVERSE_LOSSES = ("noise_preserving", "denoising")
+REDUCTIONS = ("mean", "batch_mean", "sum")
+TP_SCHEDULES = ("parallel", "alternating")
+
+
+@dataclass
+class TargetPropConfig(AlgorithmConfig):
+    """The layer-wise target-propagation engine (tp, dtp, sdtp, ao_sdtp and their descendants).
+
+    Every convention on which the papers' code differs is a field here; the presets in
+    conf/algorithm and conf/experiment set them per paper.
+    """
+
+    name: str = "dtp"
+    schedule: str = "parallel"  # parallel: feedback step then forward step on every minibatch;
+    #                             alternating: a full epoch of feedback training before each forward epoch
+    # ---- the first target
+    first_target: str = "penultimate_gradient"  # Lee et al.: ĥ_{L-1} = h_{L-1} − α ∂L/∂h_{L-1};
+    #   output_gradient (FW-DTP, L-DRL, DRL): ĥ_L = h_L − β ∂L/∂h_L on the logits;
+    #   label (SDTP, AO-SDTP): ĥ_L = the one-hot label (no gradient anywhere)
+    target_step: float = 0.1  # α (penultimate_gradient) or β (output_gradient)
+    target_loss_reduction: str = "mean"  # L in the first target: batch-mean CE (Lee's code) or summed
+    #                                      CE (a per-sample step; FW-DTP, L-DRL)
+    # ---- sending targets down
+    propagation: str = "difference"  # difference: ĥ_l = h_l + g(ĥ_{l+1}) − g(h_{l+1}); plain (TP): g(ĥ_{l+1})
+    feedback: str = "learned"  # learned | fixed_random (FW-DTP) | jacobian_transpose (exact VJP of the
+    #                            block above: TP becomes BP, Bartunov et al. appendix 5.6)
+    feedback_placement: str = "output"  # output: g(h) = σ(V h + c) (Lee, Bartunov, FW-DTP);
+    #                                     mirror: ops reversed, activation first (Ernoult's invert())
+    feedback_activation: str = "same"  # g's output nonlinearity (placement=output): same = that of
+    #                                    the block below; or tanh, relu, ..., linear
+    feedback_bias: bool = True
+    feedback_init: str = "xavier_uniform"
+    feedback_init_gain: float = 1.0
+    # ---- training the feedback
+    inverse_loss: str = "noise_preserving"  # ‖g(f(h+ε)) − (h+ε)‖² (Lee; Bartunov's DTP) or denoising
+    #                                         ‖g(f(h+ε)) − h‖² (Bartunov's SDTP / AO-SDTP)
+    noise: Any = 0.1  # σ of ε ~ N(0, σ²): one value, or one per layer that has a feedback function
+    feedback_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    feedback_steps: int = 1  # inverse-loss updates per minibatch
+    feedback_pretrain_epochs: int = 0  # epochs of feedback-only training before the first forward epoch
+    extra_feedback_epochs: int = 0  # feedback-only epochs after each forward epoch
+    # ---- training the forward weights
+    local_loss_reduction: str = "batch_mean"  # of ‖h_l − ĥ_l‖²: batch_mean = sum over features, mean
+    #                                           over batch; mean = over both; sum = over both
+    local_loss_scale: float = 0.5  # 0.5 gives ½‖h − ĥ‖² (gradient h − ĥ)
+    feedback_loss_reduction: str = "batch_mean"
+    forward_lr_divide_by_step: bool = False  # Meulemans et al.: forward lr / β keeps the step size
+    #                                          independent of the target step
+    # ---- AO-SDTP
+    aux_output_size: int = 0  # auxiliary outputs z: fixed random features of h_{L-1}
+    aux_activation: str = "tanh"
+
+    def validate(self, key: str = "algorithm") -> None:
+        super().validate(key)
+        check_choice(self.schedule, f"{key}.schedule", TP_SCHEDULES)
+        check_choice(self.first_target, f"{key}.first_target", FIRST_TARGETS)
+        check_choice(self.target_loss_reduction, f"{key}.target_loss_reduction", ("mean", "sum"))
+        check_choice(self.propagation, f"{key}.propagation", PROPAGATIONS)
+        check_choice(self.feedback, f"{key}.feedback", FEEDBACK_KINDS)
+        check_choice(self.feedback_placement, f"{key}.feedback_placement", ("output", "mirror"))
+        check_choice(self.inverse_loss, f"{key}.inverse_loss", INVERSE_LOSSES)
+        check_choice(self.local_loss_reduction, f"{key}.local_loss_reduction", REDUCTIONS)
+        check_choice(self.feedback_loss_reduction, f"{key}.feedback_loss_reduction", REDUCTIONS)
+        check_positive(self.target_step, f"{key}.target_step")
+        check_positive(self.local_loss_scale, f"{key}.local_loss_scale")
+        check_positive(self.feedback_init_gain, f"{key}.feedback_init_gain")
+        check_number_or_list(self.noise, f"{key}.noise")
+        check_positive(self.feedback_steps, f"{key}.feedback_steps")
+        check_positive(self.feedback_pretrain_epochs, f"{key}.feedback_pretrain_epochs", allow_zero=True)
+        check_positive(self.extra_feedback_epochs, f"{key}.extra_feedback_epochs", allow_zero=True)
+        check_positive(self.aux_output_size, f"{key}.aux_output_size", allow_zero=True)
+        check(self.aux_output_size == 0 or self.first_target == "label", f"{key}.aux_output_size",
+              "auxiliary outputs are part of AO-SDTP and need first_target=label")
+        check(not (self.first_target == "label" and self.feedback == "jacobian_transpose"),
+              f"{key}.feedback", "jacobian_transpose needs a gradient-based first target")
+        self.feedback_optimizer.validate(f"{key}.feedback_optimizer")
+
+
+for _name in ("tp", "dtp", "sdtp", "ao_sdtp"):
+    register_schema("algorithm", _name, TargetPropConfig)
+
+
+# ---------------------------------------------------------------- feedback alignment (fa, dfa)
+FEEDBACK_ALIGNMENT_INITS = ("same_as_forward", "xavier_uniform", "xavier_normal", "orthogonal",
+                            "kaiming_uniform", "kaiming_normal", "default")
+
+
+@dataclass
+class FeedbackAlignmentConfig(AlgorithmConfig):
+    """Fixed random feedback: FA (B_l of W_l's shape replaces W_lᵀ) and DFA (B_l, n_classes × |h_l|,
+    sends the output error straight to block l). The forward weights use ``optimizer`` as in bp.
+
+    feedback_init: how B_l is drawn; same_as_forward = the scheme (and gain) of block l's forward
+      weights, with B_l's own fans (FA: W_l's; DFA: n_classes → |h_l|), or one of the arch inits.
+    feedback_init_gain: multiplies that gain (the scale of the random feedback)."""
+
+    name: str = "fa"
+    feedback_init: str = "same_as_forward"
+    feedback_init_gain: float = 1.0
+
+    def validate(self, key: str = "algorithm") -> None:
+        super().validate(key)
+        check_choice(self.feedback_init, f"{key}.feedback_init", FEEDBACK_ALIGNMENT_INITS)
+        check_positive(self.feedback_init_gain, f"{key}.feedback_init_gain")
+
+
+register_schema("algorithm", "fa", FeedbackAlignmentConfig)
+register_schema("algorithm", "dfa", FeedbackAlignmentConfig)

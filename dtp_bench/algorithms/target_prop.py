@@ -1,0 +1,225 @@
+"""The layer-wise target-propagation engine: tp, dtp, sdtp and ao_sdtp, and the base of fw_dtp,
+drl and scaling_dtp.
+
+Indexing. Blocks are numbered 0..L-1; block i maps h_i to h_{i+1} (h_0 is the input, h_L the
+logits). The feedback function of block i, g_i, maps h_{i+1}-space back to h_i-space and sends
+targets down: ĥ_i = h_i + g_i(ĥ_{i+1}) − g_i(h_{i+1}) (difference correction, DTP) or
+ĥ_i = g_i(ĥ_{i+1}) (plain TP). Block 0 needs no feedback (nothing is trained below it).
+
+Per minibatch (schedule=parallel):
+  1. forward pass, each block fed a detached copy of its input (updates stay local);
+  2. feedback training on the inverse loss (one summed loss; layers are independent);
+  3. the first target, then targets sent down through the just-updated feedback;
+  4. one forward step on Σ_l local_loss(h_l, ĥ_l) (+ the task loss for the output block when the
+     first target sits below it or is the label).
+With schedule=alternating, step 2 runs for a whole epoch before each forward epoch instead.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import per_layer
+from ..nn.blocks import FeedbackBlock, init_bias, init_weight, make_activation
+from ..optim import build_optimizer, build_per_layer_optimizer
+from .base import Algorithm, cross_entropy, register_algorithm
+
+
+def squared_error(h: torch.Tensor, target: torch.Tensor, reduction: str, scale: float = 1.0) -> torch.Tensor:
+    """scale·‖h − target‖² reduced as configured (see TargetPropConfig.local_loss_reduction)."""
+    diff = (h - target).float() if h.dtype == torch.bfloat16 else h - target
+    if reduction == "mean":
+        return scale * diff.pow(2).mean()
+    per_sample = diff.pow(2).flatten(1).sum(1)
+    return scale * (per_sample.mean() if reduction == "batch_mean" else per_sample.sum())
+
+
+@register_algorithm("tp", "dtp", "sdtp", "ao_sdtp")
+class TargetPropagation(Algorithm):
+    def __init__(self, cfg, network, epochs):
+        super().__init__(cfg, network, epochs)
+        n_blocks = len(network)
+        if cfg.first_target == "penultimate_gradient" and n_blocks < 2:
+            raise ValueError("first_target=penultimate_gradient needs at least two blocks")
+        # level of the first target in [h_0 … h_L] and the blocks whose feedback sends it down
+        self.first_level = n_blocks - 1 if cfg.first_target == "penultimate_gradient" else n_blocks
+        self.feedback_blocks = list(range(1, self.first_level))
+        self.output_on_task_loss = cfg.first_target in ("penultimate_gradient", "label")
+        self.noise = dict(zip(self.feedback_blocks,
+                              per_layer(cfg.noise, len(self.feedback_blocks), "algorithm.noise")))
+
+        self.aux: Optional[nn.Linear] = None
+        if cfg.aux_output_size:
+            # AO-SDTP's auxiliary outputs z: fixed random features of h_{L-1}, never trained
+            top_in = self.network.blocks[-1].weight_op.in_features
+            self.aux = nn.Linear(top_in, cfg.aux_output_size, bias=False).requires_grad_(False)
+            self.aux_activation = make_activation(cfg.aux_activation)
+
+        self.feedback = nn.ModuleDict({str(i): self.build_feedback(i) for i in self.feedback_blocks}
+                                      if cfg.feedback != "jacobian_transpose" else {})
+        if cfg.feedback == "fixed_random":
+            self.feedback.requires_grad_(False)
+
+        lrs = per_layer(cfg.optimizer.lr, n_blocks, "algorithm.optimizer.lr", allow_zero=False)
+        if cfg.forward_lr_divide_by_step:
+            lrs = [lr / cfg.target_step for lr in lrs]
+        self.add_optimizer("forward", build_per_layer_optimizer(
+            cfg.optimizer, [list(b.parameters()) for b in network.blocks], lrs), cfg.optimizer)
+        if self.feedback_parameters():
+            fb_lrs = per_layer(cfg.feedback_optimizer.lr, len(self.feedback_blocks),
+                               "algorithm.feedback_optimizer.lr", allow_zero=False)
+            self.add_optimizer("feedback", build_per_layer_optimizer(
+                cfg.feedback_optimizer, [list(self.feedback[str(i)].parameters()) for i in self.feedback_blocks],
+                fb_lrs), cfg.feedback_optimizer)
+
+    # ------------------------------------------------------------ construction
+    def feedback_activation(self, i: int) -> Optional[nn.Module]:
+        """g_i's output nonlinearity: by default that of block i-1, so g_i's range is h_i's."""
+        if self.cfg.feedback_activation != "same":
+            return make_activation(self.cfg.feedback_activation)
+        return copy.deepcopy(self.network.blocks[i - 1].activation)
+
+    def build_feedback(self, i: int) -> FeedbackBlock:
+        cfg = self.cfg
+        block = self.network.blocks[i]
+        g = block.make_feedback(cfg.feedback_placement, self.feedback_activation(i), bias=cfg.feedback_bias,
+                                init=cfg.feedback_init, gain=cfg.feedback_init_gain)
+        if i == len(self.network) - 1 and self.aux is not None:
+            # g_L reads [o, z]: widen its first weight op's input by the auxiliary units
+            first = g.ops[0]
+            wide = nn.Linear(first.in_features + self.aux.out_features, first.out_features, bias=cfg.feedback_bias)
+            init_weight(wide.weight, cfg.feedback_init, cfg.feedback_init_gain)
+            init_bias(wide.bias, cfg.feedback_init, wide.in_features)
+            g.ops[0] = wide.to(first.weight.device, first.weight.dtype)
+        return g
+
+    def feedback_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.feedback.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------ the output code fed to g_{L-1}
+    def output_code(self, logits: torch.Tensor, h_below: torch.Tensor) -> torch.Tensor:
+        """What the top feedback function reads: logits, or (label target) the class distribution,
+        with AO-SDTP's auxiliary features appended."""
+        if self.cfg.first_target != "label":
+            return logits
+        code = torch.softmax(logits.float(), dim=1).to(logits.dtype)
+        if self.aux is not None:
+            code = torch.cat([code, self.aux_features(h_below)], dim=1)
+        return code
+
+    def aux_features(self, h_below: torch.Tensor) -> torch.Tensor:
+        return self.aux_activation(self.aux(h_below.flatten(1)))
+
+    def lifted(self, i: int, h_next: torch.Tensor, h_i: torch.Tensor) -> torch.Tensor:
+        """h_{i+1} in the space g_i reads (only the top block's output is transformed)."""
+        return self.output_code(h_next, h_i) if i == len(self.network) - 1 else h_next
+
+    # ------------------------------------------------------------ feedback training
+    def inverse_loss(self, hs: list[torch.Tensor]) -> torch.Tensor:
+        """Σ_i ‖g_i(f_i(h_i + ε)) − (h_i + ε)‖² (noise-preserving) or − h_i (denoising)."""
+        cfg = self.cfg
+        total = hs[0].new_zeros(())
+        for i in self.feedback_blocks:
+            h = hs[i].detach()
+            noisy = h + self.noise[i] * torch.randn_like(h)
+            with torch.no_grad():  # the inverse loss trains g_i only
+                y, ctx = self.network.blocks[i].forward_ctx(noisy)
+                y = self.lifted(i, y, noisy)
+            reconstruction = self.feedback[str(i)](y, ctx)
+            reference = noisy if cfg.inverse_loss == "noise_preserving" else h
+            total = total + squared_error(reconstruction, reference, cfg.feedback_loss_reduction)
+        return total
+
+    def train_feedback(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One feedback phase on a batch (``feedback_steps`` updates)."""
+        optimizer = self.optimizers.get("feedback")
+        if optimizer is None:
+            return
+        with torch.no_grad():
+            hs = self.network.activations(x)
+        for _ in range(self.cfg.feedback_steps):
+            optimizer.zero_grad(set_to_none=True)
+            self.inverse_loss(hs).backward()
+            optimizer.step()
+
+    def before_epoch(self, epoch: int, batches) -> None:
+        cfg = self.cfg
+        n_epochs = cfg.feedback_pretrain_epochs if epoch == 0 else cfg.extra_feedback_epochs
+        n_epochs += cfg.schedule == "alternating"
+        if "feedback" not in self.optimizers:
+            return
+        for _ in range(n_epochs):
+            for x, y in batches():
+                self.train_feedback(x, y)
+
+    # ------------------------------------------------------------ targets
+    def first_target(self, hs: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """ĥ at level ``self.first_level`` (detached)."""
+        cfg = self.cfg
+        if cfg.first_target == "label":  # argmin of the loss over class distributions
+            onehot = nn.functional.one_hot(y, self.network.num_classes).to(hs[-1].dtype)
+            if self.aux is None:
+                return onehot
+            return torch.cat([onehot, self.aux_features(hs[-2].detach())], dim=1)  # z is left as it is
+        level = self.first_level
+        with torch.enable_grad():
+            h = hs[level].detach().requires_grad_(True)
+            logits = h if level == len(self.network) else self.network.blocks[-1](h)
+            loss = cross_entropy(logits, y, reduction=cfg.target_loss_reduction)
+            (grad,) = torch.autograd.grad(loss, h)
+        return (h - cfg.target_step * grad).detach()
+
+    def propagate(self, i: int, target_next: torch.Tensor, hs: list[torch.Tensor], ctxs: list[dict]) -> torch.Tensor:
+        """ĥ_i from ĥ_{i+1} through block i's feedback."""
+        h_i, h_next = hs[i].detach(), hs[i + 1].detach()
+        if self.cfg.feedback == "jacobian_transpose":
+            # exact VJP: ĥ_i − h_i = (∂h_{i+1}/∂h_i)ᵀ (ĥ_{i+1} − h_{i+1})
+            with torch.enable_grad():
+                inp = h_i.requires_grad_(True)
+                out = self.network.blocks[i](inp)
+                (delta,) = torch.autograd.grad(out, inp, grad_outputs=target_next - h_next)
+            return h_i + delta
+        g = self.feedback[str(i)]
+        ctx = ctxs[i]
+        if self.cfg.propagation == "plain":
+            return g(target_next, ctx)
+        # one call for both terms: g is applied per sample, so stack target and activation
+        both = g(torch.cat([target_next, self.lifted(i, h_next, h_i)]), _stack_ctx(ctx))
+        return h_i + both[:len(h_i)] - both[len(h_i):]
+
+    def targets(self, hs: list[torch.Tensor], ctxs: list[dict], y: torch.Tensor) -> dict[int, torch.Tensor]:
+        targets = {self.first_level: self.first_target(hs, y)}
+        with torch.no_grad():
+            for i in reversed(self.feedback_blocks):
+                targets[i] = self.propagate(i, targets[i + 1], hs, ctxs)
+        return targets
+
+    # ------------------------------------------------------------ forward training
+    def forward_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        hs, ctxs = self.network.activations_ctx(x, detach_inputs=True)
+        targets = self.targets(hs, ctxs, y)
+        logits = hs[-1]
+        task_loss = cross_entropy(logits, y)
+        total = task_loss if self.output_on_task_loss else logits.new_zeros(())
+        for level, target in targets.items():
+            if level == len(self.network) and self.output_on_task_loss:
+                continue  # the label target of SDTP only feeds the feedback chain
+            total = total + squared_error(hs[level], target, cfg.local_loss_reduction, cfg.local_loss_scale)
+        total.backward()
+        return task_loss.detach(), logits.detach()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.schedule == "parallel":
+            self.train_feedback(x, y)
+        return super().train_step(x, y)
+
+
+def _stack_ctx(ctx: dict) -> dict:
+    """A forward context for a batch stacked twice (pooling indices repeated)."""
+    return {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in ctx.items()}
+
+
