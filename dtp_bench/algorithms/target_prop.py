@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..config import per_layer
-from ..nn.blocks import FeedbackBlock, init_bias, init_weight, make_activation
+from ..nn.blocks import BatchNormNoAffine, FeedbackBlock, init_bias, init_weight, make_activation
 from ..optim import build_optimizer, build_per_layer_optimizer
 from .base import Algorithm, cross_entropy, register_algorithm
 
@@ -37,7 +37,7 @@ def squared_error(h: torch.Tensor, target: torch.Tensor, reduction: str, scale: 
     return scale * (per_sample.mean() if reduction == "batch_mean" else per_sample.sum())
 
 
-@register_algorithm("tp", "dtp", "sdtp", "ao_sdtp")
+@register_algorithm("tp", "dtp", "sdtp", "ao_sdtp", "fw_dtp")
 class TargetPropagation(Algorithm):
     def __init__(self, cfg, network, epochs):
         super().__init__(cfg, network, epochs)
@@ -80,7 +80,11 @@ class TargetPropagation(Algorithm):
         """g_i's output nonlinearity: by default that of block i-1, so g_i's range is h_i's."""
         if self.cfg.feedback_activation != "same":
             return make_activation(self.cfg.feedback_activation)
-        return copy.deepcopy(self.network.blocks[i - 1].activation)
+        below = self.network.blocks[i - 1]
+        activation = copy.deepcopy(below.activation)
+        if any(isinstance(op, BatchNormNoAffine) for op in below.ops):
+            return nn.Sequential(activation, BatchNormNoAffine())  # FW-DTP-BN: g̃(τ) = BN(σ(Bτ))
+        return activation
 
     def build_feedback(self, i: int) -> FeedbackBlock:
         cfg = self.cfg
@@ -139,11 +143,15 @@ class TargetPropagation(Algorithm):
         if optimizer is None:
             return
         with torch.no_grad():
-            hs = self.network.activations(x)
+            hs, ctxs = self.network.activations_ctx(x)
         for _ in range(self.cfg.feedback_steps):
             optimizer.zero_grad(set_to_none=True)
-            self.inverse_loss(hs).backward()
+            self.feedback_loss(hs, ctxs).backward()
             optimizer.step()
+
+    def feedback_loss(self, hs: list[torch.Tensor], ctxs: list[dict]) -> torch.Tensor:
+        """The loss the feedback parameters minimise (subclasses replace it: DRL, L-DRL)."""
+        return self.inverse_loss(hs)
 
     def before_epoch(self, epoch: int, batches) -> None:
         cfg = self.cfg
@@ -192,9 +200,12 @@ class TargetPropagation(Algorithm):
 
     def targets(self, hs: list[torch.Tensor], ctxs: list[dict], y: torch.Tensor) -> dict[int, torch.Tensor]:
         targets = {self.first_level: self.first_target(hs, y)}
+        normalise = BatchNormNoAffine() if self.cfg.target_batch_norm else None
         with torch.no_grad():
             for i in reversed(self.feedback_blocks):
                 targets[i] = self.propagate(i, targets[i + 1], hs, ctxs)
+                if normalise is not None:
+                    targets[i] = normalise(targets[i])
         return targets
 
     # ------------------------------------------------------------ forward training
@@ -213,9 +224,18 @@ class TargetPropagation(Algorithm):
         return task_loss.detach(), logits.detach()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cfg.schedule == "parallel":
+        cfg = self.cfg
+        if cfg.schedule == "alternating":
+            return super().train_step(x, y)
+        if cfg.parallel_order == "feedback_first":
             self.train_feedback(x, y)
-        return super().train_step(x, y)
+            return super().train_step(x, y)
+        optimizer = self.optimizers["forward"]  # targets_first: Meulemans et al.'s order
+        optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.forward_update(x, y)
+        self.train_feedback(x, y)
+        optimizer.step()
+        return loss, logits
 
 
 def _stack_ctx(ctx: dict) -> dict:
