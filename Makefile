@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test test-slow bench data report clean-venv
+.PHONY: run test test-slow bench data report presets clean-venv
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # on Debian, otherwise torchvision's download on first use (dataset.download=true).
 data:
 	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get install -y -q dataset-fashion-mnist >/dev/null || echo "apt-get failed; train.py will try torchvision's download"; \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) || echo "apt-get failed; train.py will try torchvision's download"; \
 	fi
 
 run: $(STAMP) data
@@ -36,6 +36,14 @@ bench: $(STAMP) data
 
 report: $(STAMP)
 	$(PY) scripts/report.py
+
+# regenerate conf/experiment/** from the paper tables in scripts/make_presets.py
+presets: $(STAMP)
+	$(PY) scripts/make_presets.py
+
+# a whole table: make table-shibuya2023+fmnist ARGS="seed=1,2,3"  (+ stands for /)
+table-%: $(STAMP) data
+	scripts/run_table.sh $(subst +,/,$*) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

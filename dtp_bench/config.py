@@ -11,7 +11,7 @@ Algorithms and architectures register their own schemas next to their code with
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -247,11 +247,26 @@ register_schema("logger", "base", LoggerConfig)
 register_schema("dataset", "base", DatasetConfig)
 
 
+def _check_known_keys(node: DictConfig, path: str = "") -> None:
+    """Hydra's ``+key=value`` adds keys even to typed nodes; ``to_object`` would drop them silently."""
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in fields(schema)} if is_dataclass(schema) else None
+    for key in node.keys():
+        full = f"{path}{key}"
+        if known is not None and key not in known:
+            raise ConfigError(f"{full}: unknown key ({schema.__name__} has no such field); check the "
+                              f"spelling, and drop the leading '+' from the override")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _check_known_keys(child, f"{full}.")
+
+
 def validate(cfg: DictConfig) -> Any:
     """Turn the composed config into dataclass objects and check every value.
 
     Returns the typed object tree (``Config``). Raises ``ConfigError`` naming the first bad key.
     """
+    _check_known_keys(cfg)
     try:
         obj = OmegaConf.to_object(cfg)
     except Exception as exc:  # missing mandatory values, interpolation errors

@@ -13,6 +13,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -68,6 +69,10 @@ def default_root() -> Path:
 
 
 # ---------------------------------------------------------------- safe pickles
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """The pickle names a global outside the allow-list (it would run code)."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Accepts only what the CIFAR / ImageNet32 pickles hold: containers and numpy arrays.
 
@@ -80,23 +85,26 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays re-saved with pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),  # how Python 3 pickles bytes for Python 2 readers
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        raise _ForbiddenGlobal(f"refusing to load global {module}.{name}")
 
 
 def load_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
+    except _ForbiddenGlobal as exc:
         raise DataError(f"{path}: not a plain data pickle ({exc}); the file may have been "
                         f"tampered with — replace it with the official release") from exc
-    except (EOFError, ValueError, TypeError, struct.error, IndexError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, struct.error, IndexError,
+            AttributeError, KeyError) as exc:
         raise DataError(f"{path}: truncated or corrupt ({exc.__class__.__name__}: {exc}); "
                         f"delete it and fetch it again") from exc
     if not isinstance(obj, dict):
@@ -109,7 +117,7 @@ def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (optionally gzipped) of unsigned bytes, checking its declared size."""
     try:
         raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: truncated or corrupt ({exc}); delete it and fetch it again") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from . import diagnostics  # alignment diagnostics (diagnostics.every_n_steps)
 from .algorithms.base import Algorithm, build_algorithm
 from .config import ConfigError
 from .data import DeviceData
@@ -183,7 +184,14 @@ class Trainer:
         wrong = torch.zeros((), device=self.device, dtype=torch.float64)
         n = 0
         bar = self._progress(self.data.batches_per_epoch(t.batch_size, t.limit_train_batches), epoch)
+        # diagnostics: every n steps, on the batch about to be trained on, before its update (same
+        # weights as the update), in full precision; their time is not training time
+        diag_every, measured, diag_seconds = self.typed.diagnostics.every_n_steps, [], 0.0
         for x, y in factory():
+            if diag_every and self.step % diag_every == 0:
+                diag_start = time.perf_counter()
+                measured.append(diagnostics.measure(self.algorithm, x, y, self.typed.diagnostics))
+                diag_seconds += time.perf_counter() - diag_start
             with self.autocast:
                 loss, logits = self.algorithm.train_step(x, y)
             # accumulate on the device: no host synchronisation inside the loop
@@ -195,13 +203,16 @@ class Trainer:
                 bar.update(1)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - diag_seconds  # diagnostics: not training time
         if bar is not None:
             bar.close()
         self.algorithm.eval()
-        return {"train_loss": loss_sum.item() / max(n, 1), "train_error": 100.0 * wrong.item() / max(n, 1),
-                "epoch_seconds": seconds, "examples_per_second": n / max(seconds, 1e-9),
-                **self.algorithm.learning_rates()}
+        row = {"train_loss": loss_sum.item() / max(n, 1), "train_error": 100.0 * wrong.item() / max(n, 1),
+               "epoch_seconds": seconds, "examples_per_second": n / max(seconds, 1e-9),
+               **self.algorithm.learning_rates()}
+        if measured:  # {"count", "mean": {key: …}, "last": {key: …}, "seconds"}
+            row["diagnostics"] = {**diagnostics.summarize(measured), "seconds": diag_seconds}
+        return row
 
     def fit(self) -> dict:
         t = self.typed.trainer
@@ -230,6 +241,8 @@ class Trainer:
         return self.write_summary("completed")
 
     def _record(self, row: dict, checkpoint: bool) -> None:
+        # strict JSON: a non-finite number (a diverged loss) is written as null
+        row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         self.history.append(row)
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -1,0 +1,210 @@
+"""Speed benchmarks (`make bench`): our runner against plain PyTorch, one section at a time.
+
+    python scripts/bench.py                      # every section
+    python scripts/bench.py --only bp_fc_fmnist  # one (repeatable)
+    python scripts/bench.py --list
+
+Each section prints a markdown table and writes results/bench/<section>.json with the hardware
+and torch version. To add a section, write ``def my_section(args) -> list[dict]`` (one dict per
+table row) and decorate it with ``@section("my_section", "what it measures")``; use
+``time_interleaved`` to time competing variants in turn (warm-up, then the median of repeats).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], list[dict]], str]] = {}
+
+
+def section(name: str, description: str = ""):
+    def register(fn):
+        SECTIONS[name] = (fn, description)
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------- helpers for sections
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(variants: dict[str, Callable[[], object]], device: torch.device,
+                     warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant: ``warmup`` untimed calls each, then ``repeats`` timed
+    rounds in which the variants take turns (so a busy machine slows them alike)."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+            sync(device)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    import dtp_bench.schemas  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def build_trainer(overrides: list[str], run_dir: Path):
+    from dtp_bench.config import validate
+    from dtp_bench.trainer import Trainer
+
+    cfg = compose(overrides)
+    return Trainer(cfg, validate(cfg), run_dir)
+
+
+def hardware(device: torch.device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "host": platform.node()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ---------------------------------------------------------------- sections
+@section("bp_fc_fmnist", "BP epoch, FC 784-256x5-10, Fashion-MNIST, batch 256, Adam: trainer vs plain loop")
+def bp_fc_fmnist(args: argparse.Namespace) -> list[dict]:
+    from torch import nn
+
+    batch = 256
+    overrides = ["algorithm=bp", "arch=fc", "arch.hidden=[256,256,256,256,256]", "dataset=fmnist",
+                 f"trainer.batch_size={batch}", f"trainer.device={args.device}", "trainer.progress=off",
+                 "trainer.checkpoint=false", "trainer.precision=fp32"]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(overrides, Path(tmp))
+    device, data = trainer.device, trainer.data
+
+    # the plain loop: the same normalised images, already in memory as one float tensor
+    x_all = data.normalise(data.train_x).flatten(1).contiguous()
+    y_all = data.train_y
+    n = len(y_all)
+    sizes = [784, 256, 256, 256, 256, 256, 10]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    model = nn.Sequential(*layers).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def plain_epoch() -> None:
+        order = torch.randperm(n, device=device, generator=generator)
+        for i in range(0, n, batch):
+            idx = order[i:i + batch]
+            loss = nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    epoch = iter(range(10**9))
+    times = time_interleaved({"dtp_bench trainer": lambda: trainer.train_epoch(next(epoch)),
+                              "plain PyTorch": plain_epoch}, device, args.warmup, args.repeats)
+    t_ours, t_plain = times["dtp_bench trainer"], times["plain PyTorch"]
+    ours, plain = statistics.median(t_ours), statistics.median(t_plain)
+    # the median of the per-round ratios: each round times both loops back to back, so load from
+    # other processes on a shared machine mostly cancels out
+    ratio = statistics.median(a / b for a, b in zip(t_ours, t_plain))
+    return [
+        {"variant": "plain PyTorch", "median_s_per_epoch": round(plain, 3), "min_s": round(min(t_plain), 3),
+         "examples_per_s": round(n / plain), "times_s": [round(t, 3) for t in t_plain]},
+        {"variant": "dtp_bench trainer", "median_s_per_epoch": round(ours, 3), "min_s": round(min(t_ours), 3),
+         "examples_per_s": round(n / ours), "times_s": [round(t, 3) for t in t_ours],
+         "ratio": round(ratio, 3), "ratio_of_medians": round(ours / plain, 3),
+         "ratio_of_mins": round(min(t_ours) / min(t_plain), 3), "goal": "ratio <= 1.15", "ok": ratio <= 1.15},
+    ]
+
+
+# ---------------------------------------------------------------- output
+def markdown_table(rows: list[dict]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this section (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the sections and exit")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per variant first")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice, one per core)")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "results" / "bench")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.list:
+        for name, (_, description) in SECTIONS.items():
+            print(f"{name:24s} {description}")
+        return 0
+    unknown = [name for name in args.only or [] if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+
+    from dtp_bench.config import ConfigError
+    from dtp_bench.data import DataError
+
+    device = torch.device(args.device)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for name in args.only or list(SECTIONS):
+        fn, description = SECTIONS[name]
+        print(f"\n## {name}: {description}\n", flush=True)
+        try:
+            rows = fn(args)
+        except (ConfigError, DataError) as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(markdown_table(rows), flush=True)
+        record = {"section": name, "description": description, "rows": rows,
+                  "warmup": args.warmup, "repeats": args.repeats, "hardware": hardware(device),
+                  "date": datetime.datetime.now().isoformat(timespec="seconds")}
+        path = args.out_dir / f"{name}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"\nwritten to {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Every option composes; bad overrides stop the run before training with a message naming the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import CONF, compose, train_py
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from dtp_bench.config import ConfigError, validate
+
+GROUPS = ("algorithm", "arch", "dataset", "trainer", "logger")  # experiment presets: test_presets.py
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+ALL_OPTIONS = [(g, o) for g in GROUPS for o in _options(g)]
+
+
+def test_the_menu_is_there():
+    """The groups this project promises; new YAML files are picked up by the tests below."""
+    assert {"bp"} <= set(_options("algorithm"))
+    assert {"mnist", "fmnist", "cifar10", "cifar100", "imagenet32"} <= set(_options("dataset"))
+    assert {"fc"} <= set(_options("arch"))
+    assert {"none", "wandb"} <= set(_options("logger"))
+
+
+def test_default_config_is_valid():
+    typed = validate(compose())
+    assert typed.dataset.name == "fmnist" and typed.algorithm.name == "bp" and typed.arch.name == "fc"
+
+
+@pytest.mark.parametrize("group,option", ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_every_option_composes_and_validates(group, option):
+    cfg = compose([f"{group}={option}"])
+    validate(cfg)
+
+
+def _spec_pairs(kind: str) -> list[tuple[str, str]]:
+    """conf/spec/algorithm_<other>/<algorithm>_<other>.yaml → (algorithm, other); names may hold '_'."""
+    other_group = kind.split("_", 1)[1]
+    algorithms, others = set(_options("algorithm")), set(_options(other_group))
+    pairs = []
+    for stem in _options(f"spec/{kind}"):
+        split = [(stem[:i], stem[i + 1:]) for i, c in enumerate(stem) if c == "_"]
+        match = [(a, o) for a, o in split if a in algorithms and o in others]
+        assert match, f"conf/spec/{kind}/{stem}.yaml matches no (algorithm, {other_group}) pair"
+        pairs.append(match[0])
+    return pairs
+
+
+SPEC_CASES = ([("arch", a, o) for a, o in _spec_pairs("algorithm_arch")]
+              + [("dataset", a, o) for a, o in _spec_pairs("algorithm_dataset")])
+
+
+@pytest.mark.parametrize("group,algorithm,other", SPEC_CASES,
+                         ids=[f"{a}-{o}" for _, a, o in SPEC_CASES] or None)
+def test_every_spec_file_composes(group, algorithm, other):
+    validate(compose([f"algorithm={algorithm}", f"{group}={other}"]))
+
+
+def test_launchers_compose():
+    joblib = compose(["hydra/launcher=joblib"], return_hydra_config=True)
+    assert "joblib" in joblib.hydra.launcher._target_.lower()
+    options = sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml"))
+    assert "slurm_example" in options
+    for option in options:
+        cfg = compose([f"hydra/launcher={option}"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_
+
+
+# ---------------------------------------------------------------- errors Hydra raises at compose time
+@pytest.mark.parametrize("override,key", [
+    ("trainer.epoch=3", "trainer.epoch"),  # unknown key (typo)
+    ("algorithm.optimizer.learning_rate=0.1", "learning_rate"),
+    ("trainer.batch_size=abc", "trainer.batch_size"),  # wrong type
+    ("trainer.checkpoint=maybe", "trainer.checkpoint"),
+    ("dataset.mean=0.5", "dataset.mean"),  # a number where a list is expected
+    ("algorithm=nope", "algorithm/nope"),  # unknown group option
+    ("dataset=svhn", "dataset/svhn"),
+])
+def test_compose_rejects(override, key):
+    with pytest.raises((HydraException, OmegaConfBaseException)) as err:
+        compose([override])
+    text = str(err.value) + str(err.value.__cause__ or "")
+    assert key in text
+
+
+def test_unknown_group_option_lists_the_choices():
+    with pytest.raises(HydraException) as err:
+        compose(["dataset=svhn"])
+    assert "fmnist" in str(err.value) and "cifar10" in str(err.value)
+
+
+# ---------------------------------------------------------------- our validate(): well typed but impossible
+@pytest.mark.parametrize("override,key", [
+    ("algorithm.optimizer.lr=-0.1", "algorithm.optimizer.lr"),
+    ("algorithm.optimizer.lr=0", "algorithm.optimizer.lr"),
+    ("algorithm.optimizer.lr=fast", "algorithm.optimizer.lr"),
+    ("algorithm.optimizer.name=lbfgs", "algorithm.optimizer.name"),
+    ("algorithm.optimizer.momentum=1.5", "algorithm.optimizer.momentum"),
+    ("trainer.batch_size=0", "trainer.batch_size"),
+    ("trainer.batch_size=-8", "trainer.batch_size"),
+    ("trainer.epochs=-1", "trainer.epochs"),
+    ("trainer.eval_batch_size=0", "trainer.eval_batch_size"),
+    ("trainer.limit_train_batches=0", "trainer.limit_train_batches"),
+    ("trainer.precision=fp16", "trainer.precision"),
+    ("trainer.device=tpu", "trainer.device"),
+    ("trainer.progress=sometimes", "trainer.progress"),
+    ("dataset.std=[0.0]", "dataset.std"),
+    ("dataset.mean=[0.1,0.2]", "dataset.mean"),
+    ("logger.mode=cloud", "logger.mode"),
+    ("seed=-1", "seed"),
+    ("arch.hidden=[256,0]", "arch.hidden"),
+    ("arch.activation=swish", "arch.activation"),
+    # '+' adds keys Hydra would otherwise reject; validate() still refuses them
+    ("+trainer.foo=1", "trainer.foo"),
+    ("+algorithm.optimizer.betas=[0.9]", "algorithm.optimizer.betas"),
+])
+def test_validate_rejects(override, key):
+    cfg = compose([override])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(f"{key}:") or key in str(err.value)
+
+
+# ---------------------------------------------------------------- the command line, end to end
+def test_cli_bad_value_exits_nonzero_without_traceback(tmp_path: Path):
+    result = train_py(["trainer.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "trainer.batch_size" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
+
+
+def test_cli_unknown_key_exits_nonzero_without_traceback(tmp_path: Path):
+    result = train_py(["trainer.batchsize=64", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "trainer.batchsize" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

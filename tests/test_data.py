@@ -1,0 +1,242 @@
+"""Readers of the official dataset formats, their error messages, and the on-device batches."""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from conftest import (N_TEST, N_TRAIN, write_cifar10, write_cifar100, write_idx, write_idx_dataset,
+                      write_imagenet32)
+
+from dtp_bench.config import AugmentConfig, DatasetConfig
+from dtp_bench.data import DataError, DeviceData, augment_batch, load_pickle, read_dataset
+
+
+def _check_split(got, expected, channels: int) -> None:
+    images, labels = got
+    want_x, want_y = expected
+    assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert images.shape == (len(want_y), channels, *([28, 28] if channels == 1 else [32, 32]))
+    assert torch.equal(labels, torch.as_tensor(np.asarray(want_y), dtype=torch.int64))
+    assert torch.equal(images.flatten(1), torch.from_numpy(np.asarray(want_x).reshape(len(want_y), -1)))
+
+
+# ---------------------------------------------------------------- MNIST / Fashion-MNIST IDX
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
+@pytest.mark.parametrize("name,subdir", [
+    ("mnist", "MNIST/raw"),  # torchvision's layout
+    ("fmnist", "FashionMNIST/raw"),
+    ("mnist", ""),  # a flat folder (what the zips unpack to)
+    ("fmnist", ""),
+    ("fmnist", "fashion-mnist"),  # Debian's package name
+])
+def test_idx_layouts(tmp_path, name, subdir, gz):
+    written = write_idx_dataset(tmp_path / subdir, gz=gz)
+    splits = read_dataset(name, str(tmp_path), False)
+    for split in ("train", "test"):
+        _check_split(splits[split], written[split], channels=1)
+
+
+def _idx_stem(name: str, gz: bool) -> str:
+    return name + (".gz" if gz else "")
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
+def test_truncated_idx_is_named(tmp_path, gz):
+    write_idx_dataset(tmp_path, gz=gz)
+    path = tmp_path / _idx_stem("train-images-idx3-ubyte", gz)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte") as err:
+        read_dataset("mnist", str(tmp_path), False)
+    assert "truncated" in str(err.value) or "corrupt" in str(err.value)
+
+
+def test_idx_bad_magic_and_wrong_count(tmp_path):
+    write_idx_dataset(tmp_path, gz=False)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04 not an idx file")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.*magic"):
+        read_dataset("mnist", str(tmp_path), False)
+    # images and labels of different lengths
+    other = tmp_path / "other"
+    write_idx_dataset(other, gz=False)
+    write_idx(other / "t10k-labels-idx1-ubyte", np.zeros(N_TEST + 3, np.uint8))
+    with pytest.raises(DataError, match="do not match"):
+        read_dataset("mnist", str(other), False)
+
+
+def test_idx_labels_out_of_range(tmp_path):
+    write_idx_dataset(tmp_path, gz=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(N_TEST, 10, np.uint8))
+    with pytest.raises(DataError, match="labels outside 0..9"):
+        read_dataset("mnist", str(tmp_path), False)
+
+
+def test_missing_files_message(tmp_path):
+    with pytest.raises(DataError) as err:
+        read_dataset("mnist", str(tmp_path), False)
+    message = str(err.value)
+    for part in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", str(tmp_path),
+                 "MNIST/raw", "download=True", "dataset.root"):
+        assert part in message, part
+    with pytest.raises(DataError) as err:
+        read_dataset("cifar100", str(tmp_path), False)
+    assert "cifar-100-python" in str(err.value) and "cifar.html" in str(err.value)
+    with pytest.raises(DataError) as err:
+        read_dataset("imagenet32", str(tmp_path), True)  # never downloaded, whatever download says
+    assert "train_data_batch_1..10" in str(err.value) and "val_data" in str(err.value)
+
+
+# ---------------------------------------------------------------- pickled releases
+def test_cifar10(tmp_path):
+    written = write_cifar10(tmp_path)
+    splits = read_dataset("cifar10", str(tmp_path), False)
+    for split in ("train", "test"):
+        _check_split(splits[split], written[split], channels=3)
+    # rows hold the red, green and blue planes one after another
+    images, _ = splits["test"]
+    row = written["test"][0][3]
+    assert torch.equal(images[3, 1].flatten(), torch.from_numpy(row[1024:2048]))
+
+
+def test_cifar100_uses_fine_labels(tmp_path):
+    written = write_cifar100(tmp_path)
+    splits = read_dataset("cifar100", str(tmp_path), False)
+    for split in ("train", "test"):
+        _check_split(splits[split], written[split], channels=3)
+    assert int(splits["train"][1].max()) >= 20  # fine labels (0..99), not coarse (0..19)
+
+
+@pytest.mark.parametrize("subdir", ["imagenet32", ""])
+def test_imagenet32_labels_are_zero_based(tmp_path, subdir):
+    written = write_imagenet32(tmp_path / subdir)
+    splits = read_dataset("imagenet32", str(tmp_path), False)
+    assert len(splits["train"][1]) == 80 and len(splits["test"][1]) == N_TEST
+    for split in ("train", "test"):
+        _check_split(splits[split], written[split], channels=3)
+    assert int(splits["train"][1].min()) >= 0 and int(splits["train"][1].max()) <= 999
+
+
+@pytest.mark.parametrize("name,writer,relpath", [
+    ("cifar10", write_cifar10, "cifar-10-batches-py/test_batch"),
+    ("cifar100", write_cifar100, "cifar-100-python/train"),
+    ("imagenet32", lambda root: write_imagenet32(root / "imagenet32"), "imagenet32/train_data_batch_7"),
+])
+@pytest.mark.parametrize("keep", [0.02, 0.5, 0.98])
+def test_truncated_pickle_is_named(tmp_path, name, writer, relpath, keep):
+    writer(tmp_path)
+    path = tmp_path / relpath
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep)])
+    with pytest.raises(DataError, match=f"{relpath}.*truncated or corrupt"):
+        read_dataset(name, str(tmp_path), False)
+
+
+class _RunsCode:
+    """What a tampered data file could hold: unpickling it would call os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(DataError, match="data_batch_3.*refusing to load global .*system"):
+        read_dataset("cifar10", str(tmp_path), False)
+    assert not marker.exists()
+    # the same file, loaded directly
+    with pytest.raises(DataError, match="tampered"):
+        load_pickle(path)
+    assert not marker.exists()
+
+
+def test_pickle_not_a_dict(tmp_path):
+    path = tmp_path / "val_data"
+    path.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
+    with pytest.raises(DataError, match="expected a dict"):
+        load_pickle(path)
+
+
+def test_pickle_with_wrong_shape(tmp_path):
+    write_cifar100(tmp_path)
+    path = tmp_path / "cifar-100-python" / "test"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"fine_labels": [0] * 4}, f, protocol=2)
+    with pytest.raises(DataError, match="cifar-100-python/test.*3072"):
+        read_dataset("cifar100", str(tmp_path), False)
+
+
+# ---------------------------------------------------------------- on-device data
+def _device_data(root, name="mnist", val_size=0, **kw):
+    cfg = DatasetConfig(name=name, root=str(root), download=False, **kw)
+    return DeviceData(cfg, torch.device("cpu"), torch.float32, val_size=val_size)
+
+
+def test_device_data_keeps_uint8_and_normalises(data_root):
+    data = _device_data(data_root, mean=[0.5], std=[0.25])
+    assert data.train_x.dtype == torch.uint8 and data.num_train == N_TRAIN
+    gen = torch.Generator().manual_seed(0)
+    seen = []
+    for x, y in data.train_batches(10, gen):
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
+        seen.append(y)
+    assert sum(len(y) for y in seen) == N_TRAIN
+    x, _ = next(data.eval_batches("test", 1000))
+    expected = (data.test_x.float() / 255 - 0.5) / 0.25
+    assert torch.allclose(x, expected, atol=1e-5)
+    assert len(list(data.train_batches(10, gen, limit=3))) == 3
+
+
+def test_train_batches_are_a_permutation(data_root):
+    data = _device_data(data_root)
+    gen = torch.Generator().manual_seed(0)
+    # identify each sample by its pixels: every training image comes exactly once per epoch
+    keys = sorted(x.flatten(1).sum(1).tolist()[i] for x, _ in data.train_batches(7, gen)
+                  for i in range(len(x)))
+    normalised = data.normalise(data.train_x).flatten(1).sum(1)
+    assert keys == pytest.approx(sorted(normalised.tolist()), rel=1e-5)
+
+
+def test_validation_split(data_root):
+    data = _device_data(data_root, val_size=16)
+    assert data.num_train == N_TRAIN - 16 and len(data.val_y) == 16
+    with pytest.raises(DataError, match="val_size"):
+        _device_data(data_root, val_size=N_TRAIN)
+
+
+def test_augmentation_keeps_shape_and_dtype(data_root):
+    data = _device_data(data_root, name="cifar10", mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2],
+                        augment=AugmentConfig(crop_padding=4, hflip=True))
+    x = data.train_x[:8]
+    out = augment_batch(x, data.cfg.augment, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    batches = list(data.train_batches(16, torch.Generator().manual_seed(0)))
+    assert batches[0][0].shape == (16, 3, 32, 32)
+
+
+def test_corrupt_gzip_stream(tmp_path):
+    write_idx_dataset(tmp_path, gz=True)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[12:60] = bytes(b ^ 0x5A for b in raw[12:60])  # scramble the deflate stream
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz.*corrupt"):
+        read_dataset("mnist", str(tmp_path), False)
+
+
+def test_gzip_of_garbage(tmp_path):
+    write_idx_dataset(tmp_path, gz=True)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(b"")[:5])
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
+        read_dataset("mnist", str(tmp_path), False)

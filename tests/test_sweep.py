@@ -1,0 +1,24 @@
+"""A multirun sweep through the real command line: one job fails, the other still finishes."""
+from __future__ import annotations
+
+import json
+
+from conftest import N_TRAIN, tiny_overrides, train_py
+
+
+def test_sweep_with_a_failing_job(data_root, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    # trainer.val_size follows the seed: seed=1 holds out 1 sample, seed=N_TRAIN holds out every
+    # training sample, which the data layer refuses at run time (after Hydra composed the job)
+    args = ["-m", f"seed=1,{N_TRAIN}", "trainer.val_size=${seed}", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",
+            *tiny_overrides(data_root, epochs=1)]
+    result = train_py(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ok = json.loads((sweep_dir / "0" / "summary.json").read_text())
+    failed = json.loads((sweep_dir / "1" / "summary.json").read_text())
+    assert ok["status"] == "completed" and ok["seed"] == 1 and ok["final_test_error"] is not None
+    assert (sweep_dir / "0" / "metrics.jsonl").read_text().count("\n") == 1
+    assert failed["status"] == "failed" and "trainer.val_size" in failed["error"]
+    assert "trainer.val_size" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,188 @@
+"""Run outputs, determinism, resume, divergence and failure handling, on tiny fake data."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import read_metrics, run_config, tiny_overrides
+
+from dtp_bench import run as run_module
+from dtp_bench.data import DeviceData
+from dtp_bench.run import FAILED_OBJECTIVE
+from dtp_bench.trainer import CHECKPOINT, METRICS, SUMMARY, Trainer
+
+ROW_FIELDS = {"epoch", "train_loss", "train_error", "test_error", "epoch_seconds", "examples_per_second",
+              "lr_forward"}
+SUMMARY_FIELDS = {"status", "final_test_error", "best_test_error", "final_train_error", "total_seconds",
+                  "choices", "seed", "parameters", "device", "torch_version", "diverged_epoch",
+                  "epochs_completed"}
+
+
+def test_outputs(data_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(data_root, epochs=2)
+    overrides.remove("trainer.progress=off")  # auto: no bar, stdout is not a terminal
+    objective = run_config(overrides, run_dir)
+    out = capsys.readouterr()
+    assert "final test error" in out.out and "it/s" not in out.err
+
+    rows = read_metrics(run_dir, drop_timing=False)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert ROW_FIELDS <= set(row), ROW_FIELDS - set(row)
+        assert "val_error" not in row  # no split held out by default
+        assert 0 <= row["test_error"] <= 100 and row["examples_per_second"] > 0
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    assert SUMMARY_FIELDS <= set(summary), SUMMARY_FIELDS - set(summary)
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    assert summary["final_test_error"] == rows[-1]["test_error"] == objective
+    assert summary["best_test_error"] == min(r["test_error"] for r in rows)
+    assert summary["final_train_error"] == rows[-1]["train_error"]
+    assert summary["device"] == "cpu" and summary["torch_version"] == torch.__version__
+    assert summary["parameters"]["forward"] == (784 * 32 + 32) + (32 * 32 + 32) + (32 * 10 + 10)
+    assert summary["parameters"]["feedback"] == 0
+    assert summary["diverged_epoch"] is None
+    # checkpoints are atomic: no temporary file is left behind, and they load without pickle's code path
+    assert (run_dir / CHECKPOINT).exists()
+    assert not list(run_dir.glob("*.tmp"))
+    state = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    assert state["epochs_completed"] == 2
+
+
+def test_validation_split_is_reported(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    objective = run_config(tiny_overrides(data_root, epochs=1) + ["trainer.val_size=16"], run_dir)
+    (row,) = read_metrics(run_dir)
+    assert "val_error" in row
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    assert summary["final_val_error"] == row["val_error"] == objective
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10", "cifar100", "imagenet32"])
+def test_every_dataset_trains(data_root, tmp_path, dataset):
+    run_config(tiny_overrides(data_root, dataset=dataset, epochs=1), tmp_path)
+    assert json.loads((tmp_path / SUMMARY).read_text())["status"] == "completed"
+
+
+def test_determinism(data_root, tmp_path):
+    overrides = tiny_overrides(data_root, epochs=2) + ["dataset.augment.hflip=true"]
+    run_config(overrides, tmp_path / "a")
+    run_config(overrides, tmp_path / "b")
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+    run_config(overrides + ["seed=1"], tmp_path / "c")
+    assert read_metrics(tmp_path / "a") != read_metrics(tmp_path / "c")
+
+
+def test_resume_equals_an_uninterrupted_run(data_root, tmp_path, monkeypatch):
+    # a schedule and augmentation, so learning-rate and random-number state must be restored too
+    overrides = tiny_overrides(data_root, epochs=3) + [
+        "algorithm.optimizer.schedule=cosine", "dataset.augment.crop_padding=2", "trainer.val_size=8"]
+    run_config(overrides, tmp_path / "straight")
+
+    # the same run, killed just after the checkpoint of epoch 1 was written
+    save = Trainer.save_checkpoint
+
+    def save_then_die(self):
+        save(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_config(overrides, tmp_path / "resumed")
+    assert len(read_metrics(tmp_path / "resumed")) == 1
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+
+    run_config(overrides + ["resume=true"], tmp_path / "resumed")
+    assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "straight")
+    summary = json.loads((tmp_path / "resumed" / SUMMARY).read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+
+    # resuming a finished run trains no further; more epochs can be added
+    run_config(overrides + ["resume=true", "trainer.epochs=4"], tmp_path / "resumed")
+    assert [r["epoch"] for r in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_another_config(data_root, tmp_path, capsys):
+    overrides = tiny_overrides(data_root, epochs=1)
+    run_config(overrides, tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        run_config(overrides + ["resume=true", "algorithm.optimizer.lr=0.1"], tmp_path)
+    assert exc.value.code != 0
+    assert "different configuration" in capsys.readouterr().err
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_runs_code_is_refused(data_root, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    torch.save({"history": _RunsCode(marker)}, tmp_path / CHECKPOINT)
+    with pytest.raises(SystemExit) as exc:
+        run_config(tiny_overrides(data_root, epochs=1) + ["resume=true"], tmp_path)
+    assert exc.value.code != 0
+    assert CHECKPOINT in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_nan_loss_means_diverged(data_root, tmp_path, monkeypatch, capsys):
+    """A loss that turns NaN in epoch 2 ends the run as 'diverged' with a normal return (exit 0)."""
+    train_batches = DeviceData.train_batches
+    epochs = {"started": 0}
+
+    def poisoned(self, *args, **kwargs):
+        epochs["started"] += 1
+        for x, y in train_batches(self, *args, **kwargs):
+            yield (x * math.nan if epochs["started"] >= 2 else x), y
+
+    monkeypatch.setattr(DeviceData, "train_batches", poisoned)
+    objective = run_config(tiny_overrides(data_root, epochs=3), tmp_path)
+    assert objective == FAILED_OBJECTIVE
+    summary = json.loads((tmp_path / SUMMARY).read_text())
+    assert summary["status"] == "diverged" and summary["diverged_epoch"] == 2
+    assert summary["epochs_completed"] == 1 and summary["final_test_error"] is not None
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 2 and rows[1]["test_error"] is None and not math.isfinite(rows[1]["train_loss"])
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_huge_learning_rate_diverges(data_root, tmp_path):
+    run_config(tiny_overrides(data_root, epochs=2) + [
+        "algorithm.optimizer.name=sgd", "algorithm.optimizer.lr=1e30", "arch.activation=relu"], tmp_path)
+    summary = json.loads((tmp_path / SUMMARY).read_text())
+    assert summary["status"] == "diverged" and summary["diverged_epoch"] == 1
+
+
+def test_missing_data_exits_with_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_config(tiny_overrides(tmp_path / "empty", dataset="mnist"), tmp_path / "run")
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert "data error" in err and "train-images-idx3-ubyte" in err and str(tmp_path / "empty") in err
+    assert json.loads((tmp_path / "run" / SUMMARY).read_text())["status"] == "failed"
+
+
+def test_crash_in_a_sweep_is_recorded_and_the_sweep_goes_on(data_root, tmp_path, monkeypatch):
+    def crash(self, epoch):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash)
+    # a single run re-raises (the traceback is the useful output for a bug)...
+    with pytest.raises(RuntimeError):
+        run_config(tiny_overrides(data_root, epochs=1), tmp_path / "single")
+    assert json.loads((tmp_path / "single" / SUMMARY).read_text())["status"] == "failed"
+    # ...a sweep job records it and returns, so the launcher goes on with the other jobs
+    context = run_module._hydra_context
+    monkeypatch.setattr(run_module, "_hydra_context", lambda: (*context()[:2], True))
+    assert run_config(tiny_overrides(data_root, epochs=1), tmp_path / "job") == FAILED_OBJECTIVE
+    summary = json.loads((tmp_path / "job" / SUMMARY).read_text())
+    assert summary["status"] == "failed" and "simulated bug" in summary["error"]
+
