@@ -40,6 +40,8 @@ FEEDBACK_KINDS = ("learned", "fixed_random", "jacobian_transpose")
 INVERSE_LOSSES = ("noise_preserving", "denoising")
 REDUCTIONS = ("mean", "batch_mean", "sum")
 TP_SCHEDULES = ("parallel", "alternating")
+FEEDBACK_INITS = ("xavier_uniform", "xavier_normal", "orthogonal", "kaiming_uniform", "kaiming_normal",
+                  "uniform", "default")
 
 
 @dataclass
@@ -86,6 +88,10 @@ class TargetPropConfig(AlgorithmConfig):
     feedback_loss_reduction: str = "batch_mean"
     forward_lr_divide_by_step: bool = False  # Meulemans et al.: forward lr / β keeps the step size
     #                                          independent of the target step
+    parallel_order: str = "feedback_first"  # feedback_first (Bartunov, FW-DTP, L-DRL): targets use the
+    #   feedback updated on this batch; targets_first (Meulemans' code): targets and forward gradients
+    #   are computed before the feedback step, the forward step comes after it
+    target_batch_norm: bool = False  # FW-DTP's BN variant: batch-normalise every propagated target
     # ---- AO-SDTP
     aux_output_size: int = 0  # auxiliary outputs z: fixed random features of h_{L-1}
     aux_activation: str = "tanh"
@@ -99,6 +105,8 @@ class TargetPropConfig(AlgorithmConfig):
         check_choice(self.feedback, f"{key}.feedback", FEEDBACK_KINDS)
         check_choice(self.feedback_placement, f"{key}.feedback_placement", ("output", "mirror"))
         check_choice(self.inverse_loss, f"{key}.inverse_loss", INVERSE_LOSSES)
+        check_choice(self.parallel_order, f"{key}.parallel_order", ("feedback_first", "targets_first"))
+        check_choice(self.feedback_init, f"{key}.feedback_init", FEEDBACK_INITS)
         check_choice(self.local_loss_reduction, f"{key}.local_loss_reduction", REDUCTIONS)
         check_choice(self.feedback_loss_reduction, f"{key}.feedback_loss_reduction", REDUCTIONS)
         check_positive(self.target_step, f"{key}.target_step")
@@ -116,7 +124,7 @@ class TargetPropConfig(AlgorithmConfig):
         self.feedback_optimizer.validate(f"{key}.feedback_optimizer")
 
 
-for _name in ("tp", "dtp", "sdtp", "ao_sdtp"):
+for _name in ("tp", "dtp", "sdtp", "ao_sdtp", "fw_dtp", "drl"):
     register_schema("algorithm", _name, TargetPropConfig)
 
 
@@ -146,3 +154,51 @@ class FeedbackAlignmentConfig(AlgorithmConfig):
 
 register_schema("algorithm", "fa", FeedbackAlignmentConfig)
 register_schema("algorithm", "dfa", FeedbackAlignmentConfig)
+
+
+# ================================================================ scaling_dtp / l_drl
+# (Ernoult et al. 2022, "learning backprop targets"; owned by dtp_bench/algorithms/scaling_dtp.py)
+@dataclass
+class ScalingDTPConfig(TargetPropConfig):
+    """L-DRL: the target-propagation engine with Ernoult et al.'s feedback loss and schedule.
+
+    Per minibatch: ``feedback_iterations`` (K_i) L-DRL updates of each feedback function on the
+    batch's fixed activations, then one forward step on Σ_i ½‖s_i − t_i‖² with
+    t_L = logits − β ∂CE_sum/∂logits and t_i = s_i + g_i(t_{i+1}) − g_i(s_{i+1}).
+    Per-layer lists (``noise``, ``feedback_iterations``, ``feedback_optimizer.lr``) are in forward
+    order over the blocks that have feedback, i.e. blocks 1..L-1 (block 0 has none).
+
+    feedback_iterations: K_i, one int or one per feedback layer (0 = that layer is never trained).
+    lockstep: True = the fast implementation (all layers advance together, closed-form gradients of
+      the weight op); False = the plain per-layer loop, kept as the reference. Both give the same
+      result for the same random stream (up to rounding)."""
+
+    name: str = "scaling_dtp"
+    first_target: str = "output_gradient"
+    target_step: float = 0.4655
+    target_loss_reduction: str = "sum"
+    propagation: str = "difference"
+    feedback_placement: str = "mirror"
+    feedback_init: str = "default"
+    local_loss_reduction: str = "batch_mean"
+    local_loss_scale: float = 0.5
+    feedback_iterations: Any = 20
+    lockstep: bool = True
+
+    def validate(self, key: str = "algorithm") -> None:
+        from omegaconf import OmegaConf
+
+        super().validate(key)
+        check(self.feedback == "learned", f"{key}.feedback", "L-DRL trains its feedback: use learned")
+        check(self.inverse_loss == "noise_preserving", f"{key}.inverse_loss",
+              "is not used by L-DRL (its feedback loss is fixed); leave it at noise_preserving")
+        check(self.schedule == "parallel", f"{key}.schedule",
+              "L-DRL trains feedback on every minibatch before the forward step: use parallel")
+        items = self.feedback_iterations
+        items = list(items) if isinstance(items, (list, tuple)) or OmegaConf.is_list(items) else [items]
+        check(len(items) > 0 and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in items),
+              f"{key}.feedback_iterations", f"must be an int >= 0 or a list of them, got {self.feedback_iterations!r}")
+
+
+register_schema("algorithm", "scaling_dtp", ScalingDTPConfig)
+register_schema("algorithm", "l_drl", ScalingDTPConfig)

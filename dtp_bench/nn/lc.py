@@ -2,7 +2,7 @@
 
 Every output position ``l`` owns its own filter bank ``weight[l]`` of shape
 ``(C*k*k, O)``. The forward pass is one ``F.unfold`` (im2col) followed by one
-batched contraction over positions, so there are no Python loops over space.
+batched matrix product over positions, so there are no Python loops over space.
 
 Padding
 -------
@@ -34,11 +34,14 @@ __all__ = [
     "INITS",
     "LocallyConnected2d",
     "LocallyConnectedTranspose2d",
+    "lc_apply",
     "lc_transpose",
+    "locally_connected",
+    "position_major",
     "same_padding",
 ]
 
-INITS = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "orthogonal", "default")
+INITS = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "default")
 
 Padding4 = tuple[int, int, int, int]
 
@@ -75,6 +78,8 @@ def _init_weight_(
             # He et al. for ReLU: Var = 2 / fan_in, so bound = sqrt(3) * std.
             bound = gain * math.sqrt(6.0 / fan_in)
             weight.uniform_(-bound, bound)
+        elif init == "kaiming_normal":
+            weight.normal_(0.0, gain * math.sqrt(2.0 / fan_in))
         elif init == "orthogonal":
             _orthogonal_per_position_(weight, gain)
         elif init == "default":
@@ -133,7 +138,7 @@ def lc_transpose(
             f"weight has {weight.shape[1]} rows per position, expected "
             f"in_channels*k*k = {in_channels * kernel_size**2}"
         )
-    cols = torch.einsum("nol,lco->ncl", y.flatten(2), weight)
+    cols = torch.bmm(position_major(y.flatten(2)), weight.mT).permute(1, 2, 0)  # (N, C*k*k, L)
     # fold sums overlapping patches, i.e. it is the adjoint of unfold.
     x = F.fold(
         cols,
@@ -142,6 +147,53 @@ def lc_transpose(
         stride=stride,
     )
     return x[:, :, top : top + height, left : left + width]
+
+
+def position_major(t: Tensor) -> Tensor:
+    """``(N, X, L)`` → contiguous ``(L, N, X)``: the layout in which the per-position products are
+    one ``bmm``. (``einsum`` picks strided paths for these shapes that are 2–10× slower on CPU.)"""
+    return t.permute(2, 0, 1).contiguous()
+
+
+def lc_apply(cols: Tensor, weight: Tensor, bias: Tensor | None, out_size: tuple[int, int]) -> Tensor:
+    """The LC map on position-major patches ``cols`` (see :meth:`LocallyConnected2d.columns`)."""
+    out = torch.bmm(cols, weight).permute(1, 2, 0).unflatten(2, out_size)
+    return out if bias is None else out + bias
+
+
+class _LocallyConnectedMap(torch.autograd.Function):
+    """The LC map with a hand-written backward whose input gradient goes through ``feedback``.
+
+    Autograd's own backward of ``bmm`` on the permuted output falls back to per-position copies
+    (2–4× slower); here the output gradient is made position-major once. ``feedback`` is the weight
+    itself for backprop, or a fixed matrix of its shape for feedback alignment. The backward
+    unfolds the saved input again (k² times smaller than its patches) with differentiable ops, so
+    double backward works too."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, layer):
+        ctx.save_for_backward(x, feedback)
+        ctx.layer = layer
+        return lc_apply(layer.columns(x), weight, bias, layer.out_size)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, feedback = ctx.saved_tensors
+        layer = ctx.layer
+        cols = layer.columns(x)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = lc_transpose(grad, feedback.to(grad.dtype), layer.in_channels, layer.in_size,
+                              layer.kernel_size, layer.stride, layer.padding) if need_x else None
+        grad_w = torch.bmm(cols.to(grad.dtype).mT, position_major(grad.flatten(2))) if need_w else None
+        grad_b = grad.sum(0) if need_b else None
+        return grad_x, grad_w, grad_b, None, None
+
+
+def locally_connected(x: Tensor, layer: "LocallyConnected2d", feedback: Tensor | None = None) -> Tensor:
+    """``layer(x)``; with ``feedback`` (shaped like ``layer.weight``) the input gradient is the
+    transposed LC map with ``feedback`` instead of the weight (feedback alignment)."""
+    return _LocallyConnectedMap.apply(x, layer.weight, layer.bias,
+                                      layer.weight if feedback is None else feedback, layer)
 
 
 class LocallyConnected2d(nn.Module):
@@ -209,10 +261,11 @@ class LocallyConnected2d(nn.Module):
         expected = (self.in_channels, *self.in_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected input of shape (N, *{expected}), got {tuple(x.shape)}")
-        cols = F.unfold(F.pad(x, self.padding), self.kernel_size, stride=self.stride)
-        out = torch.einsum("ncl,lco->nol", cols, self.weight)
-        out = out.unflatten(2, self.out_size)
-        return out if self.bias is None else out + self.bias
+        return locally_connected(x, self)
+
+    def columns(self, x: Tensor) -> Tensor:
+        """The input patches, position-major ``(L, N, C*k*k)``: row ``l`` is what ``weight[l]`` reads."""
+        return position_major(F.unfold(F.pad(x, self.padding), self.kernel_size, stride=self.stride))
 
     def to_dense(self) -> Tensor:
         """Equivalent dense matrix ``(O*H_out*W_out, C*H*W)`` (bias excluded).

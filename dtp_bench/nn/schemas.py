@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..config import check, check_choice, check_positive, register_schema
 
 ACTIVATIONS = ("tanh", "relu", "leaky_relu", "elu", "sigmoid", "linear")
-INITS = ("xavier_uniform", "xavier_normal", "orthogonal", "kaiming_uniform", "kaiming_normal", "default")
+INITS = ("xavier_uniform", "xavier_normal", "orthogonal", "kaiming_uniform", "kaiming_normal", "uniform",
+         "default")  # uniform: U(−gain, gain)
 
 
 @dataclass
@@ -43,3 +45,80 @@ class FCArchConfig(ArchConfig):
 
 
 register_schema("arch", "fc", FCArchConfig)
+
+
+@dataclass
+class LayerStackArchConfig(ArchConfig):
+    """Bartunov et al. (2018) Table 3: strided locally connected layers (``lc``), or the same shapes
+    with shared weights (``conv``, their "BP ConvNet"), then fully connected layers.
+
+    ``layers``: [kernel, channels, stride] per layer, SAME padding. null = the paper's stack for the
+    input: 1 channel → MNIST; 1000 classes → the ImageNet 32×32 adaptation; otherwise → CIFAR
+    (see ``dtp_bench.nn.archs.paper_stack``). ``fc_hidden``: null = the paper's ([1024], or none
+    for ImageNet)."""
+
+    name: str = "lc"
+    layers: Optional[list[list[int]]] = None
+    fc_hidden: Optional[list[int]] = None
+
+    def validate(self, key: str = "arch") -> None:
+        super().validate(key)
+        for i, layer in enumerate(self.layers or []):
+            check(len(layer) == 3 and all(v > 0 for v in layer), f"{key}.layers[{i}]",
+                  f"must be [kernel, channels, stride] with positive values, got {layer}")
+            # nn.Conv2d pads symmetrically, which gives the SAME output size only for odd kernels
+            check(self.name != "conv" or layer[0] % 2 == 1, f"{key}.layers[{i}]",
+                  f"arch=conv needs odd kernels for SAME padding, got kernel {layer[0]}; use arch=lc")
+        check(all(h > 0 for h in self.fc_hidden or []), f"{key}.fc_hidden",
+              f"widths must be > 0, got {self.fc_hidden}")
+
+
+@dataclass
+class ConvPoolArchConfig(ArchConfig):
+    """Ernoult et al. (2022)'s convolutional nets: per entry of ``channels`` a block
+    Conv(kernel, stride 1, 'same' padding) → activation → MaxPool(pool_kernel, pool_stride,
+    pool_padding), then Flatten → ``fc_hidden`` Linear+activation blocks → Linear to the classes.
+    Defaults: LeNet. PyTorch's default init and ELU, as in their code."""
+
+    name: str = "lenet"
+    activation: str = "elu"
+    init: str = "default"
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 5
+    pool_kernel: int = 3
+    pool_stride: int = 2
+    pool_padding: int = 1
+    fc_hidden: list[int] = field(default_factory=lambda: [512])
+
+    def validate(self, key: str = "arch") -> None:
+        super().validate(key)
+        check(len(self.channels) > 0 and all(c > 0 for c in self.channels), f"{key}.channels",
+              f"needs at least one block and positive widths, got {self.channels}")
+        check(self.kernel_size % 2 == 1, f"{key}.kernel_size",
+              f"must be odd ('same' padding k//2 keeps the size), got {self.kernel_size}")
+        check_positive(self.pool_kernel, f"{key}.pool_kernel")
+        check_positive(self.pool_stride, f"{key}.pool_stride")
+        check(0 <= 2 * self.pool_padding <= self.pool_kernel, f"{key}.pool_padding",
+              f"must be in [0, pool_kernel/2] (PyTorch's MaxPool2d rule), got {self.pool_padding}")
+        check(all(h > 0 for h in self.fc_hidden), f"{key}.fc_hidden",
+              f"widths must be > 0, got {self.fc_hidden}")
+
+
+@dataclass
+class VGGArchConfig(ConvPoolArchConfig):
+    """Ernoult et al.'s "simple VGG": five Conv3×3 → ELU → MaxPool(2, 2) blocks, then the classifier.
+    Inputs whose side is not a multiple of 32 are zero-padded up to one (28×28 → 32×32)."""
+
+    name: str = "vgg"
+    channels: list[int] = field(default_factory=lambda: [128, 128, 256, 256, 512])
+    kernel_size: int = 3
+    pool_kernel: int = 2
+    pool_stride: int = 2
+    pool_padding: int = 0
+    fc_hidden: list[int] = field(default_factory=list)
+
+
+register_schema("arch", "lc", LayerStackArchConfig)
+register_schema("arch", "conv", LayerStackArchConfig)
+register_schema("arch", "lenet", ConvPoolArchConfig)
+register_schema("arch", "vgg", VGGArchConfig)
