@@ -148,6 +148,49 @@ def bp_fc_fmnist(args: argparse.Namespace) -> list[dict]:
     ]
 
 
+ALGORITHMS = ("bp", "fa", "dfa", "tp", "dtp", "sdtp", "ao_sdtp", "fw_dtp", "drl", "scaling_dtp")
+
+
+@section("algorithm_cost", "seconds per Fashion-MNIST epoch of every algorithm (conf defaults), FC 784-256x5-10, "
+                           "batch 128, relative to bp; extrapolated from --cost-batches batches")
+def algorithm_cost(args: argparse.Namespace) -> list[dict]:
+    batch, n_batches = 128, args.cost_batches
+    trainers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ALGORITHMS:
+            trainers[name] = build_trainer(
+                [f"algorithm={name}", "arch=fc", "arch.hidden=[256,256,256,256,256]", "dataset=fmnist",
+                 f"trainer.batch_size={batch}", f"trainer.limit_train_batches={n_batches}",
+                 f"trainer.device={args.device}", "trainer.progress=off", "trainer.checkpoint=false"],
+                Path(tmp) / name)
+    # epoch 1, not 0: pre-training epochs (drl) are a one-off, feedback epochs of the alternating
+    # schedule and drl's extra epochs are part of every epoch and are timed with it
+    times = time_interleaved({name: (lambda t=t: t.train_epoch(1)) for name, t in trainers.items()},
+                             trainers["bp"].device, args.warmup, args.repeats)
+    batches_per_epoch = trainers["bp"].data.batches_per_epoch(batch)
+    scale = batches_per_epoch / n_batches
+    bp = statistics.median(times["bp"])
+    return [{"algorithm": name, "s_per_epoch": round(statistics.median(t) * scale, 2),
+             "vs_bp": round(statistics.median(t) / bp, 2),
+             "schedule": getattr(trainers[name].typed.algorithm, "schedule", "-")}
+            for name, t in times.items()]
+
+
+@section("fa_dfa_cost", "fa and dfa per-epoch cost relative to bp on fc and lenet (Fashion-MNIST shapes)")
+def fa_dfa_cost(args: argparse.Namespace) -> list[dict]:
+    from bench_archs import fa_dfa_epoch_cost
+
+    return fa_dfa_epoch_cost(time_interleaved, torch.device(args.device), warmup=args.warmup,
+                             repeats=args.repeats)
+
+
+@section("lc_cost", "locally connected layer forward+backward vs conv and dense equivalents (Bartunov stacks)")
+def lc_cost(args: argparse.Namespace) -> list[dict]:
+    from bench_archs import lc_cost as measure
+
+    return measure(time_interleaved, torch.device(args.device), warmup=args.warmup, repeats=args.repeats)
+
+
 # ---------------------------------------------------------------- output
 def markdown_table(rows: list[dict]) -> str:
     columns: list[str] = []
@@ -168,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice, one per core)")
+    parser.add_argument("--cost-batches", type=int, default=40,
+                        help="batches per timed epoch in algorithm_cost (extrapolated to a full epoch)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "results" / "bench")
     args = parser.parse_args(argv)
     if args.threads:

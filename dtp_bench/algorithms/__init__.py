@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 # one module per algorithm; a module may register several names (tp, dtp, sdtp, ao_sdtp)
-MODULES = ("bp", "target_prop", "fa", "dfa")
+MODULES = ("bp", "target_prop", "drl", "fa", "dfa", "scaling_dtp")
 
 
 def load_all() -> None:

@@ -91,6 +91,10 @@ def init_layer(op: nn.Module, scheme: str, gain: float = 1.0) -> None:
     scheme as ``op.init_scheme`` (fixed random feedback can then be drawn "like the forward")."""
     if isinstance(op, (LocallyConnected2d, LocallyConnectedTranspose2d)):
         op.reset_parameters(scheme, gain)  # per-position orthogonal and untied biases live there
+    elif scheme == "default" and gain == 1.0 and hasattr(op, "reset_parameters"):
+        # PyTorch's own default, fans as it computes them (a ConvTranspose2d reads its weight's
+        # dim 1), which is what reference code that never re-initialises gets
+        op.reset_parameters()
     else:
         fan_in, fan_out = layer_fans(op)
         init_weight(op.weight, scheme, gain, fan_in, fan_out)
