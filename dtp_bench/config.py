@@ -109,7 +109,7 @@ PRECISIONS = ("fp32", "fp64", "bf16")
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 5
+    epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 1000
     device: str = "auto"  # auto = cuda if available, else cpu; or cpu, cuda, cuda:1, mps

@@ -14,7 +14,6 @@ the equivalence in float64).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform

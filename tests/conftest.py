@@ -147,9 +147,9 @@ def compose(overrides: list[str] = (), return_hydra_config: bool = False):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-def tiny_overrides(root: Path, dataset: str = "fmnist", epochs: int = 2) -> list[str]:
+def tiny_overrides(root: Path, dataset: str = "fmnist", epochs: int = 2, algorithm: str = "bp") -> list[str]:
     """A small, fast CPU run on the fake data."""
-    return [f"dataset={dataset}", f"dataset.root={root}", "dataset.download=false",
+    return [f"algorithm={algorithm}", f"dataset={dataset}", f"dataset.root={root}", "dataset.download=false",
             "trainer.device=cpu", "trainer.progress=off", f"trainer.epochs={epochs}",
             "trainer.batch_size=16", "trainer.eval_batch_size=16", "arch=fc", "arch.hidden=[32,32]"]
 
@@ -180,3 +180,20 @@ def train_py(args: list[str], cwd: Path, env: Optional[dict] = None,
     full_env.pop("DTP_BENCH_DATA", None)
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def fmnist_subset() -> tuple:
+    """2048 real Fashion-MNIST training images, flattened and normalised, for "learns on a small
+    real problem" tests. Skips when the data is absent, except under CI=true, where it fails."""
+    from dtp_bench.data import DataError, default_root, read_dataset
+
+    try:
+        splits = read_dataset("fmnist", str(default_root()), False)
+    except DataError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("Fashion-MNIST not available")
+    x, y = splits["train"]
+    x = (x[:2048].float() / 255 - 0.286) / 0.353
+    return x.flatten(1), y[:2048]

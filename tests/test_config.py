@@ -30,7 +30,7 @@ def test_the_menu_is_there():
 
 def test_default_config_is_valid():
     typed = validate(compose())
-    assert typed.dataset.name == "fmnist" and typed.algorithm.name == "bp" and typed.arch.name == "fc"
+    assert typed.dataset.name == "fmnist" and typed.algorithm.name == "fw_dtp" and typed.arch.name == "fc"
 
 
 @pytest.mark.parametrize("group,option", ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])

@@ -253,7 +253,7 @@ def test_measure_leaves_no_trace():
 
 @pytest.mark.parametrize("algorithm", ["dtp", "fa"])
 def test_training_is_identical_with_diagnostics_on(algorithm, data_root, tmp_path):
-    overrides = tiny_overrides(data_root) + [f"algorithm={algorithm}", "trainer.checkpoint=true"]
+    overrides = tiny_overrides(data_root, algorithm=algorithm) + ["trainer.checkpoint=true"]
     run_config(overrides, tmp_path / "off")
     run_config(overrides + ["diagnostics.every_n_steps=2", "diagnostics.jacobian_samples=2"], tmp_path / "on")
     off, on = read_metrics(tmp_path / "off"), read_metrics(tmp_path / "on")

@@ -15,7 +15,6 @@ from dtp_bench.algorithms.drl import DifferenceReconstruction
 from dtp_bench.config import validate
 from dtp_bench.nn.blocks import BatchNormNoAffine, build_network
 
-from test_target_prop import _fmnist_subset
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -112,8 +111,8 @@ def test_drl_gradient_reaches_only_the_layer_being_reconstructed():
     ("fw_dtp", ["algorithm.optimizer.lr=0.1", "algorithm.target_step=0.5"]),
     ("drl", ["algorithm.optimizer.lr=1e-4"]),
 ])
-def test_learns_on_fashion_mnist(name, overrides):
-    x, y = _fmnist_subset()
+def test_learns_on_fashion_mnist(name, overrides, fmnist_subset):
+    x, y = fmnist_subset
     cfg = composed(f"algorithm={name}", *overrides)
     net, algo = small(cfg, hidden=(128, 128, 128), inputs=(784,))
     with torch.no_grad():

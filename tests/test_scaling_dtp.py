@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from torch import nn
 from dtp_bench.algorithms.scaling_dtp import ScalingDTP, _ClosedForm, _Layer
 from dtp_bench.algorithms.schemas import ScalingDTPConfig
 from dtp_bench.config import ConfigError, OptimizerConfig
-from dtp_bench.data import DataError, default_root, read_dataset
 from dtp_bench.nn.archs import build_conv_pool
 from dtp_bench.nn.blocks import build_fc
 from dtp_bench.nn.schemas import ConvPoolArchConfig, FCArchConfig
@@ -210,21 +208,11 @@ def test_ldrl_aligns_feedback_jacobians_with_the_forward_transpose():
     assert all(a < 30 for a in after), (before, after)
 
 
-def _fmnist_subset(n_train: int = 2048):
-    try:
-        splits = read_dataset("fmnist", str(default_root()), False)
-    except DataError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("Fashion-MNIST not available")
-    x, y = splits["train"]
-    x = (x[:n_train].float() / 255 - 0.286) / 0.353
-    return x.flatten(1), y[:n_train]
 
 
 @pytest.mark.realdata
-def test_scaling_dtp_reduces_training_loss_on_fashion_mnist():
-    x, y = _fmnist_subset()
+def test_scaling_dtp_reduces_training_loss_on_fashion_mnist(fmnist_subset):
+    x, y = fmnist_subset
     torch.manual_seed(0)
     net = build_fc(FCArchConfig(hidden=[128, 128], activation="elu"), (784,), 10)
     algo = ScalingDTP(config(feedback_iterations=5, noise=0.1, target_step=0.5,
@@ -277,7 +265,7 @@ def test_presets_compose(name):
 def test_trainer_runs_scaling_dtp(data_root, tmp_path):
     from conftest import read_metrics, run_config, tiny_overrides
 
-    overrides = tiny_overrides(data_root, epochs=1) + ["algorithm=scaling_dtp", "algorithm.feedback_iterations=2"]
+    overrides = tiny_overrides(data_root, epochs=1, algorithm="scaling_dtp") + ["algorithm.feedback_iterations=2"]
     run_config(overrides, tmp_path)
     rows = read_metrics(tmp_path)
     assert rows and all(math.isfinite(r.get("train_loss", 0.0)) for r in rows)

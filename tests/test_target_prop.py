@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ from dtp_bench.algorithms.bp import Backprop
 from dtp_bench.algorithms.schemas import AlgorithmConfig, TargetPropConfig
 from dtp_bench.algorithms.target_prop import TargetPropagation, squared_error
 from dtp_bench.config import OptimizerConfig
-from dtp_bench.data import DataError, default_root, read_dataset
 from dtp_bench.nn.blocks import build_fc
 from dtp_bench.nn.schemas import FCArchConfig
 
@@ -207,22 +205,12 @@ def test_alternating_schedule_trains_feedback_for_a_whole_epoch_first():
 
 
 # ---------------------------------------------------------------- learning on real data
-def _fmnist_subset(n_train: int = 2048):
-    try:
-        splits = read_dataset("fmnist", str(default_root()), False)
-    except DataError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("Fashion-MNIST not available")
-    x, y = splits["train"]
-    x = (x[:n_train].float() / 255 - 0.286) / 0.353
-    return x.flatten(1), y[:n_train]
 
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("name", ["tp", "dtp", "sdtp", "ao_sdtp"])
-def test_each_variant_reduces_training_loss_on_fashion_mnist(name):
-    x, y = _fmnist_subset()
+def test_each_variant_reduces_training_loss_on_fashion_mnist(name, fmnist_subset):
+    x, y = fmnist_subset
     torch.manual_seed(0)
     net = build_fc(FCArchConfig(hidden=[128, 128, 128]), (784,), 10)
     algo = TargetPropagation(variant(name, noise=0.1, target_step=0.2), net, 1)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..config import per_layer
 from ..nn.blocks import BatchNormNoAffine, FeedbackBlock, init_bias, init_weight, make_activation
-from ..optim import build_optimizer, build_per_layer_optimizer
+from ..optim import build_per_layer_optimizer
 from .base import Algorithm, cross_entropy, register_algorithm
 
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .init import init_weight
+
 __all__ = [
     "INITS",
     "LocallyConnected2d",
@@ -41,7 +43,8 @@ __all__ = [
     "same_padding",
 ]
 
-INITS = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "default")
+INITS = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "uniform",
+         "default")
 
 Padding4 = tuple[int, int, int, int]
 
@@ -68,28 +71,15 @@ def _init_weight_(
     from dims 0/1 of this 3-D tensor (``L`` and ``C*k*k``), which is wrong
     here, so the fans are passed in explicitly.
     """
-    with torch.no_grad():
-        if init == "xavier_uniform":
-            bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
-            weight.uniform_(-bound, bound)
-        elif init == "xavier_normal":
-            weight.normal_(0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
-        elif init == "kaiming_uniform":
-            # He et al. for ReLU: Var = 2 / fan_in, so bound = sqrt(3) * std.
-            bound = gain * math.sqrt(6.0 / fan_in)
-            weight.uniform_(-bound, bound)
-        elif init == "kaiming_normal":
-            weight.normal_(0.0, gain * math.sqrt(2.0 / fan_in))
-        elif init == "orthogonal":
+    if init == "orthogonal":
+        with torch.no_grad():
             _orthogonal_per_position_(weight, gain)
-        elif init == "default":
-            # Conv2d's kaiming_uniform_(a=sqrt(5)) reduces to bound = 1/sqrt(fan_in).
-            bound = 1.0 / math.sqrt(fan_in)
-            weight.uniform_(-gain * bound, gain * bound)
-            return bound
-        else:
-            raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
-    return None
+        return None
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
+    init_weight(weight, init, gain, fan_in, fan_out)
+    # Conv2d's default bias: U(±1/sqrt(fan_in)); every other scheme starts biases at zero
+    return 1.0 / math.sqrt(fan_in) if init == "default" else None
 
 
 def _init_bias_(bias: Tensor | None, bound: float | None) -> None:

@@ -1,0 +1,521 @@
+"""Tables and figures from run directories, joined to the papers' numbers.
+
+    .venv/bin/python scripts/report.py                         # reads outputs/ and multirun/
+    .venv/bin/python scripts/report.py --runs multirun/2026-01-02 other/ --out results/
+
+Every directory under ``--runs`` holding a ``summary.json`` is a run (its ``metrics.jsonl`` and
+``.hydra/config.yaml`` / ``.hydra/overrides.yaml`` are read when present). Runs are grouped by the
+preset's ``reference`` node (paper, table, row, column) plus the overrides that are not a seed or
+the experiment itself ("variant"); within a group, one value per seed. Written to ``--out``:
+
+- ``<paper>/<table>.md`` and ``.csv`` per paper table: our mean ± std over completed runs (n),
+  the paper's value (± std), the difference (ours − paper), diverged / failed runs, and every
+  preset cell of conf/experiment that has no completed run ("missing");
+- ``<paper>/<table>__<column>.png``: learning curves (mean over seeds) of every cell;
+- search tables (``table`` contains "search"): the trial chosen on validation error, and
+  ``<paper>/<table>__<column>__hist.png``, histograms of the best test accuracy per method over
+  the configurations (Bartunov et al. Fig. 5 style);
+- ``Cost`` tables: a bar chart of the training time per epoch relative to DTP;
+- ``Sensitivity`` tables: a heat map of the final test error over (target step, lr);
+- ``index.md``: every table and the sweep presets that have no run yet.
+
+Same inputs give byte-identical outputs (sorted inputs, fixed formats, PNGs without timestamps).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+REF_KEYS = ("paper", "table", "row", "column")
+IGNORED_OVERRIDES = ("experiment", "seed", "trainer.device", "trainer.progress", "dataset.root",
+                     "dataset.download", "trainer.checkpoint", "logger", "resume")
+TRAIN_NOTE = re.compile(r"paper train error: ([0-9.]+)%")
+TOP5_NOTE = re.compile(r"paper top-5 error: ([0-9.]+)%")
+
+
+# ---------------------------------------------------------------------------- reading runs
+@dataclass
+class Run:
+    path: Path
+    summary: dict
+    metrics: list[dict]
+    reference: dict
+    overrides: list[str]
+    seed: Optional[int]
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "unknown")
+
+    @property
+    def variant(self) -> str:
+        kept = []
+        for o in self.overrides:
+            key = o.split("=", 1)[0].lstrip("+~")
+            if key.split("@")[0].startswith("experiment") and key.endswith("method@_global_"):
+                kept.append("method=" + o.split("=", 1)[1])  # the investigation's method group
+            elif not (key in IGNORED_OVERRIDES or key.startswith("hydra") or key.startswith("experiment")):
+                kept.append(o)
+        return " ".join(sorted(kept))
+
+
+def _load_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(path) if path.exists() else None
+
+
+def _reference(run_dir: Path, summary: dict) -> dict:
+    """The run's reference node, resolved (rows such as ${algorithm.name} become the value)."""
+    from omegaconf import OmegaConf
+
+    ref = summary.get("reference")
+    if ref:
+        return dict(ref)
+    cfg = _load_yaml(run_dir / ".hydra" / "config.yaml")
+    if cfg is None or cfg.get("reference") is None:
+        return {}
+    try:
+        return OmegaConf.to_container(cfg.reference, resolve=True)
+    except Exception:  # an interpolation that cannot be resolved outside the run
+        return OmegaConf.to_container(cfg.reference, resolve=False)
+
+
+def read_run(run_dir: Path) -> Optional[Run]:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    metrics = []
+    if (run_dir / "metrics.jsonl").exists():
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            try:
+                metrics.append(json.loads(line))
+            except ValueError:
+                pass  # a line cut by a crash
+    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
+    overrides = [str(o) for o in overrides] if overrides is not None else []
+    seed = summary.get("seed")
+    if seed is None:
+        cfg = _load_yaml(run_dir / ".hydra" / "config.yaml")
+        seed = cfg.get("seed") if cfg is not None else None
+    return Run(run_dir, summary, metrics, _reference(run_dir, summary), overrides, seed)
+
+
+def find_runs(roots: list[Path]) -> list[Run]:
+    paths = sorted({p.parent.resolve() for root in roots if root.exists() for p in root.rglob("summary.json")})
+    return [r for r in (read_run(p) for p in paths) if r is not None]
+
+
+# ---------------------------------------------------------------------------- metrics
+def _min(rows: list[dict], key: str) -> Optional[float]:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return min(values) if values else None
+
+
+def metric_value(run: Run, metric: str) -> Optional[float]:
+    """Our number for ``metric`` (errors and accuracies in %), None if the run does not have it."""
+    s = run.summary
+    if metric == "test_error":
+        return s.get("final_test_error")
+    if metric == "best_test_error":
+        return s.get("best_test_error")
+    if metric == "train_error":
+        return s.get("final_train_error")
+    if metric == "best_train_error":
+        return _min(run.metrics, "train_error")
+    if metric == "test_accuracy":
+        return None if s.get("final_test_error") is None else 100.0 - s["final_test_error"]
+    if metric == "best_test_accuracy":
+        return None if s.get("best_test_error") is None else 100.0 - s["best_test_error"]
+    if metric == "top5_accuracy":
+        error = s.get("final_test_top5_error")
+        return None if error is None else 100.0 - error
+    if metric == "epoch_seconds":
+        seconds = [r["epoch_seconds"] for r in run.metrics if r.get("epoch_seconds") is not None]
+        later = seconds[1:] or seconds  # epoch 1 may hold one-off feedback pre-training
+        return statistics.median(later) if later else None
+    return s.get(metric)
+
+
+def train_value(run: Run, metric: str) -> Optional[float]:
+    """The training error that goes with ``metric`` (best within the run for best_* metrics)."""
+    return _min(run.metrics, "train_error") if metric.startswith("best") else run.summary.get("final_train_error")
+
+
+def is_accuracy(metric: str) -> bool:
+    return "accuracy" in metric
+
+
+# ---------------------------------------------------------------------------- presets
+@dataclass
+class Preset:
+    name: str
+    reference: dict
+    sweep: bool
+
+
+def read_presets(conf: Path) -> list[Preset]:
+    """Every preset under conf/experiment with a reference node (sweeps flagged)."""
+    from omegaconf import OmegaConf
+
+    presets = []
+    root = conf / "experiment"
+    for path in sorted(root.rglob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        ref = cfg.get("reference")
+        if ref is None:
+            continue
+        ref = OmegaConf.to_container(ref, resolve=False)
+        sweep = bool(OmegaConf.select(cfg, "hydra.sweeper.params")) or any("${" in str(ref.get(k, "")) for k in REF_KEYS)
+        presets.append(Preset(path.relative_to(root).with_suffix("").as_posix(), ref, sweep))
+    return presets
+
+
+# ---------------------------------------------------------------------------- formatting
+def fmt(x: Optional[float], digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{x:.{digits}f}"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "x"
+
+
+def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------- tables
+CSV_HEADER = ["paper", "table", "row", "column", "variant", "metric", "n", "seeds", "ours_mean", "ours_std",
+              "paper_value", "paper_std", "difference", "ours_train", "paper_train", "diverged", "failed", "status"]
+MD_HEADER = ["row", "column", "variant", "metric", "n", "ours (mean ± std)", "paper", "ours − paper",
+             "train: ours / paper", "diverged / failed", "status"]
+
+
+@dataclass
+class Cell:
+    ref: dict
+    variant: str
+    runs: list[Run] = field(default_factory=list)
+
+    def key(self):
+        return tuple(str(self.ref.get(k, "")) for k in REF_KEYS) + (self.variant,)
+
+
+def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
+    ref, metric = cell.ref, cell.ref.get("metric", "test_error")
+    done = sorted((r for r in cell.runs if r.status == "completed"), key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
+    values = [v for v in (metric_value(r, metric) for r in done) if v is not None]
+    trains = [v for v in (train_value(r, metric) for r in done) if v is not None]
+    mean, std = mean_std(values)
+    train_mean, _ = mean_std(trains)
+    diverged = sum(r.status == "diverged" for r in cell.runs)
+    failed = sum(r.status not in ("completed", "diverged") for r in cell.runs)
+    paper, paper_std = ref.get("value"), ref.get("std")
+    match = TRAIN_NOTE.search(str(ref.get("note", "")))
+    paper_train = float(match.group(1)) if match else None
+    diff = None if mean is None or paper is None else mean - paper
+    if not cell.runs:
+        status = "missing (no runs)"
+    elif done and not values:
+        status = f"metric {metric} not recorded"
+    elif not values:
+        status = "missing (no completed run)"
+    else:
+        status = "ok"
+    seeds = " ".join(str(r.seed) for r in done)
+    digits = 3 if metric == "epoch_seconds" else 2
+    csv_row = [str(ref.get("paper", "")), str(ref.get("table", "")), str(ref.get("row", "")),
+               str(ref.get("column", "")), cell.variant, metric, str(len(values)), seeds, fmt(mean, digits),
+               fmt(std, digits), fmt(paper), fmt(paper_std), fmt(diff), fmt(train_mean), fmt(paper_train),
+               str(diverged), str(failed), status]
+    ours = "—" if mean is None else fmt(mean, digits) + ("" if std is None else f" ± {fmt(std, digits)}")
+    paper_text = "—" if paper is None else fmt(paper) + ("" if paper_std is None else f" ± {fmt(paper_std)}")
+    train_text = "" if train_mean is None and paper_train is None else f"{fmt(train_mean) or '—'} / {fmt(paper_train) or '—'}"
+    md_row = [str(ref.get("row", "")), str(ref.get("column", "")), cell.variant, metric, str(len(values)), ours,
+              paper_text, "" if diff is None else f"{diff:+.2f}", train_text, f"{diverged} / {failed}", status]
+    return csv_row, md_row
+
+
+def build_cells(runs: list[Run], presets: list[Preset]) -> dict[tuple, Cell]:
+    cells: dict[tuple, Cell] = {}
+    for run in runs:
+        if not run.reference.get("paper"):
+            continue
+        cell = Cell(run.reference, run.variant)
+        cells.setdefault(cell.key(), cell).runs.append(run)
+    for preset in presets:  # preset cells nobody ran are listed as missing
+        if preset.sweep:
+            continue
+        cell = Cell(preset.reference, "")
+        cells.setdefault(cell.key(), cell)
+    return cells
+
+
+def search_rows(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
+    """Per searched (row, column): trials, the trial with the lowest final validation error, its test error."""
+    groups: dict[tuple, list[Run]] = {}
+    refs: dict[tuple, dict] = {}
+    for cell in cells:
+        key = (str(cell.ref.get("row", "")), str(cell.ref.get("column", "")))
+        groups.setdefault(key, []).extend(cell.runs)
+        refs[key] = cell.ref
+    header = ["row", "column", "trials", "completed", "diverged / failed", "chosen on validation",
+              "val error", "test error (best)", "paper", "chosen overrides"]
+    rows = []
+    for key in sorted(groups):
+        trials = groups[key]
+        done = [r for r in trials if r.status == "completed" and r.summary.get("final_val_error") is not None]
+        chosen = min(done, key=lambda r: (r.summary["final_val_error"], str(r.path))) if done else None
+        diverged = sum(r.status == "diverged" for r in trials)
+        failed = sum(r.status not in ("completed", "diverged") for r in trials)
+        rows.append([key[0], key[1], str(len(trials)), str(len(done)), f"{diverged} / {failed}",
+                     chosen.path.name if chosen else "—",
+                     fmt(chosen.summary["final_val_error"]) if chosen else "",
+                     fmt(chosen.summary.get("best_test_error")) if chosen else "",
+                     fmt(refs[key].get("value")), chosen.variant if chosen else ""])
+    return header, rows
+
+
+# ---------------------------------------------------------------------------- figures
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "dtp_bench", "figure.max_open_warning": 0})
+    return plt
+
+
+def save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=90, metadata={"Software": None}, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def learning_curves(cells: list[Cell], title: str, path: Path) -> bool:
+    metric = cells[0].ref.get("metric", "test_error")
+    accuracy = is_accuracy(metric)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
+    for cell in sorted(cells, key=lambda c: c.key()):
+        curves = [[(r["epoch"], r.get("test_error")) for r in run.metrics if r.get("test_error") is not None]
+                  for run in cell.runs if run.metrics]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        epochs = [c[0] for c in curves[0][:length]]
+        mean = [statistics.fmean(c[i][1] for c in curves) for i in range(length)]
+        if accuracy:
+            mean = [100.0 - m for m in mean]
+        label = str(cell.ref.get("row", "")) + (f" [{cell.variant}]" if cell.variant else "") + f" (n={len(curves)})"
+        ax.plot(epochs, mean, label=label, marker="." if length < 30 else None)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)" if accuracy else "test error (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    save(fig, path)
+    return True
+
+
+def histograms(cells: list[Cell], title: str, path: Path) -> bool:
+    plt = _pyplot()
+    by_row: dict[str, list[float]] = {}
+    for cell in cells:
+        for run in cell.runs:
+            if run.status == "completed" and run.summary.get("best_test_error") is not None:
+                by_row.setdefault(str(cell.ref.get("row", "")), []).append(100.0 - run.summary["best_test_error"])
+    if not by_row:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lo = min(min(v) for v in by_row.values())
+    hi = max(max(v) for v in by_row.values())
+    bins = [lo + (hi - lo + 1e-9) * i / 20 for i in range(21)]
+    for row in sorted(by_row):
+        ax.hist(by_row[row], bins=bins, alpha=0.5, label=f"{row} (n={len(by_row[row])})")
+    ax.set_xlabel("best test accuracy (%) of a configuration")
+    ax.set_ylabel("configurations")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+    save(fig, path)
+    return True
+
+
+def cost_chart(cells: list[Cell], title: str, path: Path) -> bool:
+    seconds = {}
+    for cell in cells:
+        values = [v for v in (metric_value(r, "epoch_seconds") for r in cell.runs if r.status == "completed") if v]
+        if values:
+            seconds[str(cell.ref.get("row", ""))] = statistics.fmean(values)
+    if not seconds:
+        return False
+    base = seconds.get("dtp")
+    rows = sorted(seconds)
+    values = [seconds[r] / base if base else seconds[r] for r in rows]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(rows, values)
+    ax.set_ylabel("time per epoch relative to DTP" if base else "seconds per epoch (no DTP run)")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", rotation=45)
+    save(fig, path)
+    return True
+
+
+def _override_value(run: Run, key: str) -> Optional[str]:
+    for o in run.overrides:
+        if o.split("=", 1)[0] == key:
+            return o.split("=", 1)[1]
+    return None
+
+
+def sensitivity_map(cells: list[Cell], title: str, path: Path) -> bool:
+    grid: dict[tuple[str, str], list[float]] = {}
+    for cell in cells:
+        for run in cell.runs:
+            beta, lr = _override_value(run, "algorithm.target_step"), _override_value(run, "algorithm.optimizer.lr")
+            if beta is None or lr is None:
+                continue
+            error = run.summary.get("final_test_error") if run.status == "completed" else 100.0
+            grid.setdefault((beta, lr), []).append(100.0 if error is None else error)
+    if not grid:
+        return False
+    betas = sorted({b for b, _ in grid}, key=float)
+    lrs = sorted({lr for _, lr in grid}, key=float)
+    data = [[statistics.fmean(grid[(b, lr)]) if (b, lr) in grid else float("nan") for lr in lrs] for b in betas]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    image = ax.imshow(data, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(lrs)), lrs)
+    ax.set_yticks(range(len(betas)), betas)
+    ax.set_xlabel("forward lr")
+    ax.set_ylabel("target step β")
+    for i, row in enumerate(data):
+        for j, v in enumerate(row):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
+    fig.colorbar(image, label="final test error (%) (failed/diverged = 100)")
+    ax.set_title(title, fontsize=9)
+    save(fig, path)
+    return True
+
+
+# ---------------------------------------------------------------------------- main
+def report(run_roots: list[Path], out: Path, conf: Path = ROOT / "conf") -> list[Path]:
+    runs = find_runs(run_roots)
+    presets = read_presets(conf) if (conf / "experiment").exists() else []
+    cells = build_cells(runs, presets)
+    tables: dict[tuple[str, str], list[Cell]] = {}
+    for key in sorted(cells):
+        cell = cells[key]
+        tables.setdefault((str(cell.ref.get("paper", "")), str(cell.ref.get("table", ""))), []).append(cell)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    index = ["# Results", "", f"{len(runs)} run directories read; "
+             f"{sum(1 for r in runs if not r.reference.get('paper'))} without a reference (not tabled).", ""]
+    ran_tables = {k for k, cs in tables.items() if any(c.runs for c in cs)}
+    for (paper, table), table_cells in sorted(tables.items()):
+        folder = out / slug(paper)
+        folder.mkdir(parents=True, exist_ok=True)
+        base = folder / slug(table)
+        lines = [f"# {paper} — {table}", ""]
+        if "search" in table.lower():
+            header, rows = search_rows(table_cells)
+        else:
+            csv_rows, md_rows = [], []
+            for cell in sorted(table_cells, key=lambda c: c.key()):
+                c_row, m_row = cell_rows(cell)
+                csv_rows.append(c_row)
+                md_rows.append(m_row)
+            write_csv(base.with_suffix(".csv"), CSV_HEADER, csv_rows)
+            written.append(base.with_suffix(".csv"))
+            header, rows = MD_HEADER, md_rows
+        if "search" in table.lower():
+            write_csv(base.with_suffix(".csv"), header, rows)
+            written.append(base.with_suffix(".csv"))
+        lines.append(md_table(header, rows))
+        figures = []
+        columns = sorted({str(c.ref.get("column", "")) for c in table_cells if c.runs})
+        for column in columns:
+            in_column = [c for c in table_cells if str(c.ref.get("column", "")) == column and c.runs]
+            png = folder / f"{slug(table)}__{slug(column)}.png"
+            if learning_curves(in_column, f"{paper} — {table} — {column}", png):
+                figures.append(png)
+            if "search" in table.lower():
+                png = folder / f"{slug(table)}__{slug(column)}__hist.png"
+                if histograms(in_column, f"{paper} — {table} — {column}: best test accuracy per configuration", png):
+                    figures.append(png)
+        if table.lower().startswith("cost"):
+            png = folder / f"{slug(table)}__bars.png"
+            if cost_chart(table_cells, f"{paper} — {table}", png):
+                figures.append(png)
+        if table.lower().startswith("sensitivity"):
+            for row in sorted({str(c.ref.get("row", "")) for c in table_cells if c.runs}):
+                png = folder / f"{slug(table)}__{slug(row)}__grid.png"
+                if sensitivity_map([c for c in table_cells if str(c.ref.get("row", "")) == row],
+                                   f"{paper} — {table} — {row}", png):
+                    figures.append(png)
+        lines += [f"![{p.stem}]({p.name})" for p in figures]
+        base.with_suffix(".md").write_text("\n".join(lines).rstrip() + "\n")
+        written += [base.with_suffix(".md"), *figures]
+        index.append(f"- [{paper} — {table}]({slug(paper)}/{slug(table)}.md)"
+                     + ("" if (paper, table) in ran_tables else " (no runs yet)"))
+    unrun = sorted(p.name for p in presets if p.sweep and (str(p.reference.get("paper")), str(p.reference.get("table")))
+                   not in ran_tables)
+    if unrun:
+        index += ["", "## Sweep presets without runs", ""] + [f"- `{name}`" for name in unrun]
+    (out / "index.md").write_text("\n".join(index) + "\n")
+    written.append(out / "index.md")
+    return written
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", type=Path, default=[ROOT / "outputs", ROOT / "multirun"],
+                        help="run or multirun directories, searched recursively (default: outputs/ multirun/)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results", help="output folder (default: results/)")
+    parser.add_argument("--conf", type=Path, default=ROOT / "conf",
+                        help="config folder whose experiment/ presets define the expected cells")
+    args = parser.parse_args(argv)
+    written = report(args.runs, args.out, args.conf)
+    print(f"wrote {len(written)} files to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

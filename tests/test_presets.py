@@ -1,0 +1,136 @@
+"""Every experiment preset (conf/experiment/**) composes, validates and trains one step.
+
+For each preset: compose ``experiment=<name>`` with the Hydra compose API, validate it, build the
+network and algorithm for the dataset's input shape (dtp_bench.data.SPECS) and run one
+``train_step`` on a random batch of 4 on the CPU (no data is read). Sweep presets are also
+composed with their sweeper parameters set to the first and to the last value of every swept key
+(interval sweeps: their bounds) and with each option of a swept config group, and validated.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from conftest import CONF, compose
+from dtp_bench.config import validate
+
+EXPERIMENTS = CONF / "experiment"
+PRESETS = sorted(p.relative_to(EXPERIMENTS).with_suffix("").as_posix() for p in EXPERIMENTS.rglob("*.yaml"))
+
+
+def test_presets_exist():
+    names = set(PRESETS)
+    assert len(PRESETS) > 100
+    for cell in ("bartunov2018/mnist_fc/dtp_parallel", "bartunov2018/cifar_lc/bp_convnet",
+                 "shibuya2023/fmnist/fw_dtp", "ernoult2022/vgg_cifar10/l_drl", "investigation2019/depth"):
+        assert cell in names
+
+
+def sweep_values(key: str, value) -> tuple[list, list[str]]:
+    """The values a sweeper would give ``key`` (parsed, and as override strings): every choice;
+    an interval's two bounds."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    override = OverridesParser.create().parse_override(f"{key}={value}")
+    swept = override.value()
+    if isinstance(swept, IntervalSweep):
+        bounds = [float(swept.start), float(swept.end)]
+        return bounds, [repr(b) for b in bounds]
+    if override.is_sweep_override():
+        return list(swept.list), list(override.sweep_string_iterator())
+    return [swept], [str(value)]
+
+
+SHRINK = {"hidden": 64, "fc_hidden": 64, "channels": 16}  # widths capped for speed; depth kept
+_stepped: set[str] = set()
+
+
+def small(arch, shape, num_classes):
+    """The preset's architecture with every width capped (same depth, kernels, strides, input shape)."""
+    arch = copy.deepcopy(arch)
+    if arch.name in ("lc", "conv") and arch.layers is None:  # the paper's stack, spelled out
+        from dtp_bench.nn.archs import paper_stack
+
+        layers, fc_hidden = paper_stack(shape, num_classes)
+        arch.layers = [list(layer) for layer in layers]
+        arch.fc_hidden = list(fc_hidden) if arch.fc_hidden is None else arch.fc_hidden
+    for key, cap in SHRINK.items():
+        if getattr(arch, key, None):
+            setattr(arch, key, [min(w, cap) for w in getattr(arch, key)])
+    if getattr(arch, "layers", None):
+        arch.layers = [[k, min(c, 16), s] for k, c, s in arch.layers]
+    return arch
+
+
+def one_step(typed) -> None:
+    """Build the preset's algorithm on its (width-capped) network and train one random batch of 4."""
+    from dtp_bench.algorithms.base import build_algorithm
+    from dtp_bench.data import SPECS
+    from dtp_bench.nn.blocks import build_network
+
+    spec = SPECS[typed.dataset.name]
+    shape = (typed.dataset.pca_components,) if typed.dataset.pca_components else (spec.channels, spec.size, spec.size)
+    arch = small(typed.arch, shape, spec.num_classes)
+    algo = copy.deepcopy(typed.algorithm)
+    if hasattr(algo, "feedback_iterations"):  # L-DRL's K_i feedback updates per batch, capped at 2
+        k = algo.feedback_iterations
+        algo.feedback_iterations = [min(i, 2) for i in k] if isinstance(k, (list, tuple)) else min(k, 2)
+    signature = repr((algo, arch, typed.dataset.name, typed.dataset.pca_components))
+    if signature in _stepped:  # the same structure was already stepped by another preset
+        return
+    torch.manual_seed(0)
+    network = build_network(arch, shape, spec.num_classes)
+    algorithm = build_algorithm(algo, network, typed.trainer.epochs)
+    x, y = torch.randn(4, *shape), torch.randint(0, spec.num_classes, (4,))
+    algorithm.train()
+    passes = []  # feedback pre-training / alternating epochs: one batch on the first pass, then none
+
+    def batches():
+        passes.append(1)
+        return iter([(x, y)] if len(passes) == 1 else [])
+
+    algorithm.before_epoch(0, batches)
+    loss, logits = algorithm.train_step(x, y)
+    algorithm.after_epoch(0)
+    assert logits.shape == (4, spec.num_classes)
+    assert torch.isfinite(loss), "one step on random data gave a non-finite loss"
+    _stepped.add(signature)
+
+
+def compose_preset(name: str, overrides: list[str] = ()):
+    """The composed job config and the sweeper's params (the hydra node removed)."""
+    cfg = compose([f"experiment={name}", *overrides], return_hydra_config=True)
+    params = cfg.hydra.sweeper.get("params") or {}
+    params = OmegaConf.to_container(params, resolve=False) if OmegaConf.is_config(params) else dict(params)
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return cfg, params
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_composes_validates_and_steps(name):
+    cfg, params = compose_preset(name)
+    typed = validate(cfg)
+    if not name.split("/")[-2:-1] == ["method"]:  # the investigation's method snippets carry no reference
+        ref = typed.reference
+        assert ref is not None and ref.paper and ref.table and ref.row and ref.column and ref.metric, name
+        assert ref.paper == name.split("/")[0], "the preset's folder names its paper"
+    one_step(typed)
+    # the sweep: every swept key at its first and at its last value (interval bounds) applied to the
+    # composed config; each other option of a swept config group composed and stepped on its own
+    values = {key: sweep_values(key, value) for key, value in params.items()}
+    for pick in (0, -1):
+        swept = copy.deepcopy(cfg)
+        for key, options in values.items():
+            if "." in key:
+                OmegaConf.update(swept, key, options[0][pick], merge=False)
+        validate(swept)
+    for key, options in values.items():
+        if "." not in key:  # a config group (algorithm=..., experiment/.../method@_global_=...)
+            for option in options[1]:
+                group_cfg, _ = compose_preset(name, [f"{key}={option}"])
+                one_step(validate(group_cfg))

@@ -1,0 +1,113 @@
+"""scripts/report.py on a fixture of run directories: exact table rows, missing cells, idempotence."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_report():
+    spec = importlib.util.spec_from_file_location("report", REPO / "scripts" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["report"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+REF_DTP = {"paper": "bartunov2018", "table": "Table 1", "row": "DTP parallel", "column": "MNIST FC",
+           "metric": "best_test_error", "value": 2.86, "std": None, "note": "paper train error: 0.44%. x"}
+REF_BP = {**REF_DTP, "row": "BP", "value": 1.48, "note": "paper train error: 0.00%."}
+REF_FA = {**REF_DTP, "row": "FA", "value": 1.85, "note": ""}
+REF_FW = {"paper": "shibuya2023", "table": "Table (test error)", "row": "FW-DTP (0.5M / 6.3M)", "column": "F-MNIST",
+          "metric": "test_error", "value": 11.76, "std": 0.37, "note": ""}
+
+
+def write_run(folder: Path, ref: dict, seed: int, test_errors: list, train_errors: list,
+              status: str = "completed", overrides: tuple = ()) -> None:
+    folder.mkdir(parents=True)
+    rows = [{"epoch": i + 1, "train_loss": 0.1, "train_error": tr, "test_error": te, "epoch_seconds": 1.0 + i}
+            for i, (te, tr) in enumerate(zip(test_errors, train_errors))]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = [r for r in rows if r["test_error"] is not None]
+    summary = {"status": status, "final_test_error": done[-1]["test_error"] if done else None,
+               "best_test_error": min(r["test_error"] for r in done) if done else None,
+               "final_train_error": rows[-1]["train_error"], "final_val_error": None,
+               "epochs_completed": len(done), "seed": seed, "reference": ref}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text(json.dumps({"seed": seed, "reference": ref}))
+    (folder / ".hydra" / "overrides.yaml").write_text(
+        json.dumps([f"experiment=x/{ref['row']}", f"seed={seed}", *overrides]))
+
+
+@pytest.fixture
+def fixture_dirs(tmp_path):
+    runs = tmp_path / "runs"
+    sweep = runs / "multirun" / "2026-01-01" / "00-00-00"
+    write_run(sweep / "0_seed=1", REF_DTP, 1, [3.0, 2.0, 2.5], [1.0, 0.25, 0.5])
+    write_run(sweep / "1_seed=2", REF_DTP, 2, [4.0, 3.0], [2.0, 0.75])
+    write_run(sweep / "2_seed=3", REF_DTP, 3, [5.0, None], [3.0, float("nan")], status="diverged")
+    write_run(runs / "outputs" / "bp1", REF_BP, 1, [1.5, 1.25], [0.5, 0.0])
+    write_run(runs / "outputs" / "fw1", REF_FW, 0, [13.0, 12.0], [11.0, 10.0])
+    write_run(runs / "outputs" / "fw2", REF_FW, 1, [12.5, 12.5], [11.0, 10.0])
+    write_run(runs / "outputs" / "fw_short", REF_FW, 0, [14.0], [12.0], overrides=("trainer.epochs=1",))
+    # the presets that define the expected cells: FA has no run, so it is listed as missing
+    conf = tmp_path / "conf" / "experiment" / "bartunov2018" / "mnist_fc"
+    conf.mkdir(parents=True)
+    for name, ref in (("dtp_parallel", REF_DTP), ("bp", REF_BP), ("fa", REF_FA)):
+        (conf / f"{name}.yaml").write_text("# @package _global_\n" + json.dumps({"reference": ref}) + "\n")
+    return runs, tmp_path / "conf"
+
+
+def test_tables(fixture_dirs, tmp_path):
+    runs, conf = fixture_dirs
+    out = tmp_path / "out"
+    load_report().main(["--runs", str(runs), "--out", str(out), "--conf", str(conf)])
+    md = (out / "bartunov2018" / "table_1.md").read_text().splitlines()
+    assert "| DTP parallel | MNIST FC |  | best_test_error | 2 | 2.50 ± 0.71 | 2.86 | -0.36 | 0.50 / 0.44 | 1 / 0 | ok |" in md
+    assert "| BP | MNIST FC |  | best_test_error | 1 | 1.25 | 1.48 | -0.23 | 0.00 / 0.00 | 0 / 0 | ok |" in md
+    assert "| FA | MNIST FC |  | best_test_error | 0 | — | 1.85 |  |  | 0 / 0 | missing (no runs) |" in md
+    assert "![table_1__mnist_fc](table_1__mnist_fc.png)" in md
+    assert (out / "bartunov2018" / "table_1__mnist_fc.png").stat().st_size > 1000
+    with open(out / "bartunov2018" / "table_1.csv") as f:
+        rows = {(r["row"], r["variant"]): r for r in csv.DictReader(f)}
+    dtp = rows[("DTP parallel", "")]
+    assert (dtp["n"], dtp["seeds"], dtp["ours_mean"], dtp["ours_std"], dtp["paper_value"], dtp["difference"],
+            dtp["ours_train"], dtp["paper_train"], dtp["diverged"], dtp["failed"]) == \
+        ("2", "1 2", "2.50", "0.71", "2.86", "-0.36", "0.50", "0.44", "1", "0")
+    assert rows[("FA", "")]["status"] == "missing (no runs)"
+    with open(out / "shibuya2023" / "table_test_error.csv") as f:
+        fw = {r["variant"]: r for r in csv.DictReader(f)}
+    assert (fw[""]["n"], fw[""]["ours_mean"], fw[""]["ours_std"], fw[""]["paper_std"], fw[""]["difference"]) == \
+        ("2", "12.25", "0.35", "0.37", "0.49")
+    assert fw["trainer.epochs=1"]["ours_mean"] == "14.00"  # a run with other overrides is its own row
+    assert "shibuya2023/table_test_error.md" in (out / "index.md").read_text()
+
+
+def test_idempotent(fixture_dirs, tmp_path):
+    runs, conf = fixture_dirs
+    report = load_report()
+    outputs = []
+    for name in ("a", "b"):
+        report.main(["--runs", str(runs), "--out", str(tmp_path / name), "--conf", str(conf)])
+        outputs.append({p.relative_to(tmp_path / name): p.read_bytes()
+                        for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
+    assert outputs[0] == outputs[1]
+    assert any(p.suffix == ".png" for p in outputs[0])
+
+
+def test_metric_conversions():
+    report = load_report()
+    run = report.Run(Path("x"), {"final_test_error": 10.0, "best_test_error": 8.0, "status": "completed"},
+                     [{"epoch": 1, "epoch_seconds": 9.0}, {"epoch": 2, "epoch_seconds": 2.0},
+                      {"epoch": 3, "epoch_seconds": 4.0}], {}, [], 0)
+    assert report.metric_value(run, "test_accuracy") == 90.0
+    assert report.metric_value(run, "best_test_accuracy") == 92.0
+    assert report.metric_value(run, "top5_accuracy") is None  # not recorded by the trainer yet
+    assert report.metric_value(run, "epoch_seconds") == 3.0  # median of epochs >= 2
