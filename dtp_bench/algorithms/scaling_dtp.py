@@ -56,7 +56,7 @@ from ..config import ConfigError, per_layer
 from ..nn.blocks import POOL_INDICES, Block, FeedbackBlock, MaxUnpool, max_pool_with_indices
 from ..optim import build_optimizer
 from .base import register_algorithm
-from .target_prop import TargetPropagation
+from .target_prop import Forward, TargetPropagation
 
 RESHAPE_OPS = (nn.Flatten, nn.Unflatten, nn.Identity)
 # act(0) = 0 exactly, so act(unpool(z)) = unpool(act(z)) (unpooling writes zeros elsewhere)
@@ -212,10 +212,13 @@ class ScalingDTP(TargetPropagation):
         return -2.0 * (dx * dr).sum() / batch + dr_y.pow(2).sum() / batch
 
     # ------------------------------------------------------------ feedback training
-    def prepare_layers(self, x: torch.Tensor) -> list[_Layer]:
-        """Step 1 (no-grad forward pass) and each layer's generator, seeded from the global stream."""
-        with torch.no_grad():
-            hs, ctxs = self.network.activations_ctx(x, detach_inputs=True)
+    def prepare_layers(self, x: torch.Tensor, forward: Optional[Forward] = None) -> list[_Layer]:
+        """Step 1 (the forward pass, unless given) and each layer's generator, seeded from the
+        global stream."""
+        if forward is None:
+            with torch.no_grad():
+                forward = self.network.activations_ctx(x, detach_inputs=True)
+        hs, ctxs = [h.detach() for h in forward[0]], forward[1]
         seeds = torch.randint(0, 2 ** 62, (len(self.feedback_blocks),), dtype=torch.int64).tolist()
         layers = []
         for i, seed in zip(self.feedback_blocks, seeds):
@@ -229,11 +232,11 @@ class ScalingDTP(TargetPropagation):
                                  ctxs[i], generator))
         return layers
 
-    def train_feedback(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def train_feedback(self, x: torch.Tensor, y: torch.Tensor, forward: Optional[Forward] = None) -> None:
         optimizer = self.optimizers.get("feedback")
         if optimizer is None:
             return
-        layers = self.prepare_layers(x)
+        layers = self.prepare_layers(x, forward)
         if self.cfg.lockstep:
             self._train_lockstep(layers, optimizer)
         else:

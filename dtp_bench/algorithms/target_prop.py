@@ -28,6 +28,9 @@ from ..optim import build_per_layer_optimizer
 from .base import Algorithm, cross_entropy, register_algorithm
 
 
+Forward = tuple[list[torch.Tensor], list[dict]]  # (h_0 … h_L, each block's forward context)
+
+
 def squared_error(h: torch.Tensor, target: torch.Tensor, reduction: str, scale: float = 1.0) -> torch.Tensor:
     """scale·‖h − target‖² reduced as configured (see TargetPropConfig.local_loss_reduction)."""
     diff = (h - target).float() if h.dtype == torch.bfloat16 else h - target
@@ -137,13 +140,16 @@ class TargetPropagation(Algorithm):
             total = total + squared_error(reconstruction, reference, cfg.feedback_loss_reduction)
         return total
 
-    def train_feedback(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One feedback phase on a batch (``feedback_steps`` updates)."""
+    def train_feedback(self, x: torch.Tensor, y: torch.Tensor, forward: Optional[Forward] = None) -> None:
+        """One feedback phase on a batch (``feedback_steps`` updates). ``forward``: this batch's
+        (activations, contexts) when the caller has them already."""
         optimizer = self.optimizers.get("feedback")
         if optimizer is None:
             return
-        with torch.no_grad():
-            hs, ctxs = self.network.activations_ctx(x)
+        if forward is None:
+            with torch.no_grad():
+                forward = self.network.activations_ctx(x)
+        hs, ctxs = [h.detach() for h in forward[0]], forward[1]
         for _ in range(self.cfg.feedback_steps):
             optimizer.zero_grad(set_to_none=True)
             self.feedback_loss(hs, ctxs).backward()
@@ -209,9 +215,10 @@ class TargetPropagation(Algorithm):
         return targets
 
     # ------------------------------------------------------------ forward training
-    def forward_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_update(self, x: torch.Tensor, y: torch.Tensor,
+                       forward: Optional[Forward] = None) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        hs, ctxs = self.network.activations_ctx(x, detach_inputs=True)
+        hs, ctxs = forward if forward is not None else self.network.activations_ctx(x, detach_inputs=True)
         targets = self.targets(hs, ctxs, y)
         logits = hs[-1]
         task_loss = cross_entropy(logits, y)
@@ -227,13 +234,15 @@ class TargetPropagation(Algorithm):
         cfg = self.cfg
         if cfg.schedule == "alternating":
             return super().train_step(x, y)
+        # one forward pass serves both phases: feedback training never changes forward weights
+        forward = self.network.activations_ctx(x, detach_inputs=True)
         if cfg.parallel_order == "feedback_first":
-            self.train_feedback(x, y)
-            return super().train_step(x, y)
-        optimizer = self.optimizers["forward"]  # targets_first: Meulemans et al.'s order
+            self.train_feedback(x, y, forward)
+        optimizer = self.optimizers["forward"]
         optimizer.zero_grad(set_to_none=True)
-        loss, logits = self.forward_update(x, y)
-        self.train_feedback(x, y)
+        loss, logits = self.forward_update(x, y, forward)
+        if cfg.parallel_order == "targets_first":  # Meulemans et al.'s order
+            self.train_feedback(x, y, forward)
         optimizer.step()
         return loss, logits
 
