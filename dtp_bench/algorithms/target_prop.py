@@ -95,12 +95,14 @@ class TargetPropagation(Algorithm):
         g = block.make_feedback(cfg.feedback_placement, self.feedback_activation(i), bias=cfg.feedback_bias,
                                 init=cfg.feedback_init, gain=cfg.feedback_init_gain)
         if i == len(self.network) - 1 and self.aux is not None:
-            # g_L reads [o, z]: widen its first weight op's input by the auxiliary units
-            first = g.ops[0]
-            wide = nn.Linear(first.in_features + self.aux.out_features, first.out_features, bias=cfg.feedback_bias)
+            # g_L reads [o, z]: widen the input of its weight op (a Linear: the output block is
+            # dense in every arch) by the auxiliary units
+            index = next(k for k, op in enumerate(g.ops) if op is g.weight_op)
+            narrow = g.ops[index]
+            wide = nn.Linear(narrow.in_features + self.aux.out_features, narrow.out_features, bias=cfg.feedback_bias)
             init_weight(wide.weight, cfg.feedback_init, cfg.feedback_init_gain)
             init_bias(wide.bias, cfg.feedback_init, wide.in_features)
-            g.ops[0] = wide.to(first.weight.device, first.weight.dtype)
+            g.ops[index] = wide.to(narrow.weight.device, narrow.weight.dtype)
         return g
 
     def feedback_parameters(self) -> list[nn.Parameter]:
