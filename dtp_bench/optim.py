@@ -29,9 +29,12 @@ def build_optimizer(cfg: OptimizerConfig, param_groups: Iterable, lr: Optional[f
 
 def build_per_layer_optimizer(cfg: OptimizerConfig, layer_params: Sequence[Sequence[torch.nn.Parameter]],
                               lrs: Sequence[float]) -> torch.optim.Optimizer:
-    """One optimizer with a parameter group (and learning rate) per layer."""
+    """One optimizer with a parameter group (and learning rate) per layer; a single group when all
+    rates are equal (one fused update instead of one per layer)."""
+    if len(set(lrs)) <= 1:
+        return build_optimizer(cfg, [p for params in layer_params for p in params], lr=lrs[0] if lrs else None)
     groups = [{"params": list(p), "lr": lr} for p, lr in zip(layer_params, lrs) if len(list(p))]
-    return build_optimizer(cfg, groups, lr=lrs[0] if lrs else 1e-3)
+    return build_optimizer(cfg, groups, lr=lrs[0])
 
 
 def build_schedule(cfg: OptimizerConfig, optimizer: torch.optim.Optimizer,
