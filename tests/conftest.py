@@ -197,3 +197,19 @@ def fmnist_subset() -> tuple:
     x, y = splits["train"]
     x = (x[:2048].float() / 255 - 0.286) / 0.353
     return x.flatten(1), y[:2048]
+
+
+def loss_before_after(algorithm, network, x, y, steps: int, batch_size: int = 64) -> tuple[float, float]:
+    """Full-data training loss before and after ``steps`` random minibatch steps of ``algorithm``."""
+    import torch
+
+    def loss() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(network(x), y).item()
+
+    start = loss()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (batch_size,), generator=generator)
+        algorithm.train_step(x[idx], y[idx])
+    return start, loss()

@@ -14,6 +14,7 @@ from dtp_bench.algorithms.base import build_algorithm
 from dtp_bench.algorithms.drl import DifferenceReconstruction
 from dtp_bench.config import validate
 from dtp_bench.nn.blocks import BatchNormNoAffine, build_network
+from conftest import loss_before_after
 
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -115,12 +116,5 @@ def test_learns_on_fashion_mnist(name, overrides, fmnist_subset):
     x, y = fmnist_subset
     cfg = composed(f"algorithm={name}", *overrides)
     net, algo = small(cfg, hidden=(128, 128, 128), inputs=(784,))
-    with torch.no_grad():
-        start = torch.nn.functional.cross_entropy(net(x), y).item()
-    g = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        idx = torch.randint(0, len(y), (64,), generator=g)
-        algo.train_step(x[idx], y[idx])
-    with torch.no_grad():
-        end = torch.nn.functional.cross_entropy(net(x), y).item()
+    start, end = loss_before_after(algo, net, x, y, steps=300)
     assert end < start - 0.2, (start, end)

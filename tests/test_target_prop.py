@@ -13,6 +13,7 @@ from dtp_bench.algorithms.target_prop import TargetPropagation, squared_error
 from dtp_bench.config import OptimizerConfig
 from dtp_bench.nn.blocks import build_fc
 from dtp_bench.nn.schemas import FCArchConfig
+from conftest import loss_before_after
 
 
 def fc_net(widths=(12, 10, 8), inputs=16, classes=5, activation="tanh", dtype=torch.float64, seed=0):
@@ -214,12 +215,5 @@ def test_each_variant_reduces_training_loss_on_fashion_mnist(name, fmnist_subset
     torch.manual_seed(0)
     net = build_fc(FCArchConfig(hidden=[128, 128, 128]), (784,), 10)
     algo = TargetPropagation(variant(name, noise=0.1, target_step=0.2), net, 1)
-    with torch.no_grad():
-        start = nn.functional.cross_entropy(net(x), y).item()
-    g = torch.Generator().manual_seed(0)
-    for step in range(300):
-        idx = torch.randint(0, len(y), (64,), generator=g)
-        algo.train_step(x[idx], y[idx])
-    with torch.no_grad():
-        end = nn.functional.cross_entropy(net(x), y).item()
+    start, end = loss_before_after(algo, net, x, y, steps=300)
     assert end < start - 0.2, (start, end)
