@@ -20,3 +20,13 @@ $PY train.py -m experiment=shibuya2023/fmnist/drl_0.5m,shibuya2023/fmnist/drl_1.
     seed=1,2,3 trainer.epochs=5 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_drl_5ep
 $PY train.py -m experiment=shibuya2023/fmnist/l_drl_0.5m,shibuya2023/fmnist/l_drl_1.1m \
     seed=1 trainer.epochs=2 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_ldrl_2ep
+
+# "Empirical investigation" depth and width grids on Fashion-MNIST (the originals were MNIST), reduced epochs
+$PY train.py -m experiment=investigation2019_fmnist/depth trainer.epochs=10 trainer.checkpoint=false $JOBLIB \
+    hydra.sweep.dir=$RUNS/investigation_fmnist_depth_10ep
+$PY train.py -m experiment=investigation2019_fmnist/width trainer.epochs=10 trainer.checkpoint=false $JOBLIB \
+    hydra.sweep.dir=$RUNS/investigation_fmnist_width_10ep
+
+# Ernoult et al. LeNet on F-MNIST, BP: 2 epochs of the paper's 90 (about 1 min per epoch here)
+$PY train.py experiment=ernoult2022/lenet_fmnist/bp seed=1 trainer.epochs=2 trainer.checkpoint=false \
+    trainer.progress=off hydra.run.dir=$RUNS/ernoult2022_lenet_fmnist_bp_2ep
