@@ -30,3 +30,7 @@ $PY train.py -m experiment=investigation2019_fmnist/width trainer.epochs=10 trai
 # Ernoult et al. LeNet on F-MNIST, BP: 2 epochs of the paper's 90 (about 1 min per epoch here)
 $PY train.py experiment=ernoult2022/lenet_fmnist/bp seed=1 trainer.epochs=2 trainer.checkpoint=false \
     trainer.progress=off hydra.run.dir=$RUNS/ernoult2022_lenet_fmnist_bp_2ep
+
+# FW-DTP poster, sensitivity: β × lr grid for fw_dtp on F-MNIST, 5 of the preset's 20 epochs
+$PY train.py -m experiment=shibuya2023/sensitivity/fw_dtp trainer.epochs=5 trainer.checkpoint=false $JOBLIB \
+    hydra.sweep.dir=$RUNS/shibuya2023_sensitivity_fw_dtp_5ep
