@@ -3,26 +3,19 @@ activation, and both learn on real data."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from dtp_bench import schemas  # noqa: F401  (registers the config schemas)
 from dtp_bench.algorithms.base import build_algorithm
 from dtp_bench.algorithms.drl import DifferenceReconstruction
 from dtp_bench.config import validate
 from dtp_bench.nn.blocks import BatchNormNoAffine, build_network
-from conftest import loss_before_after
-
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from conftest import compose, loss_before_after
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return validate(compose(config_name="config", overrides=list(overrides)))
+    return validate(compose(overrides))
 
 
 def small(cfg, hidden=(32, 32, 32), inputs=(1, 28, 28)):
@@ -83,9 +76,11 @@ def test_drl_regresses_onto_the_corrupted_activation():
         with torch.no_grad():
             for k in range(i, algo.first_level):
                 upper = net.blocks[k](upper)
-            for k in reversed(range(i + 1, algo.first_level)):
-                upper = algo.reconstruct(k, upper, hs, ctxs)
-            rec = algo.reconstruct(i, upper, hs, ctxs)
+            for k in reversed(range(i + 1, algo.first_level)):  # ĥ_k = h_k + g_k(u) − g_k(h_{k+1})
+                g = algo.feedback[str(k)]
+                upper = hs[k] + g(upper) - g(hs[k + 1])
+            g = algo.feedback[str(i)]
+            rec = hs[i] + g(upper) - g(hs[i + 1])
         to_noisy += (rec - noisy).pow(2).mean() / 0.25
         to_clean += (rec - hs[i]).pow(2).mean() / 0.25
     torch.testing.assert_close(loss, to_noisy)

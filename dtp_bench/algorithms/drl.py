@@ -15,12 +15,6 @@ from .target_prop import TargetPropagation, squared_error
 
 @register_algorithm("drl")
 class DifferenceReconstruction(TargetPropagation):
-    def reconstruct(self, i: int, upper: torch.Tensor, hs: list[torch.Tensor], ctxs: list[dict]) -> torch.Tensor:
-        """Bring a value of h_{i+1} down to h_i with g_i and the difference correction."""
-        h_i, h_next = hs[i], hs[i + 1]
-        g = self.feedback[str(i)]
-        return h_i + g(self.lifted(i, upper, h_i), ctxs[i]) - g(self.lifted(i, h_next, h_i), ctxs[i])
-
     def feedback_loss(self, hs: list[torch.Tensor], ctxs: list[dict]) -> torch.Tensor:
         total = hs[0].new_zeros(())
         hs = [h.detach() for h in hs]
@@ -28,11 +22,13 @@ class DifferenceReconstruction(TargetPropagation):
             sigma = self.noise[i]
             noisy = hs[i] + sigma * torch.randn_like(hs[i])
             with torch.no_grad():  # up to the first-target level, then down to h_{i+1}: no gradient
-                upper = noisy
+                below, upper = None, noisy
                 for k in range(i, self.first_level):
-                    upper = self.network.blocks[k](upper)
+                    below, upper = upper, self.network.blocks[k](upper)
+                upper = self.lifted(self.first_level - 1, upper, below)  # into the space targets live in
                 for k in reversed(range(i + 1, self.first_level)):
-                    upper = self.reconstruct(k, upper, hs, ctxs)
-            reconstruction = self.reconstruct(i, upper, hs, ctxs)  # only g_i receives this gradient
+                    upper = self.propagate(k, upper, hs, ctxs)
+            # the same difference-corrected step that sends targets down; only g_i gets this gradient
+            reconstruction = self.propagate(i, upper, hs, ctxs)
             total = total + squared_error(reconstruction, noisy, self.cfg.feedback_loss_reduction) / sigma ** 2
         return total

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, per_layer
-from ..nn.blocks import POOL_INDICES, Block, FeedbackBlock, MaxUnpool, max_pool_with_indices
+from ..nn.blocks import Block, FeedbackBlock, MaxUnpool, run_feedback_ops, run_ops_ctx
 from ..optim import build_optimizer
 from .base import register_algorithm
 from .target_prop import Forward, TargetPropagation
@@ -113,19 +113,11 @@ class _ClosedForm:
         pooling that follows it: same values and indices (argmax is unchanged by a strictly
         increasing map; only exact float ties after saturation could differ), on 1/stride² of
         the elements."""
-        ctx: dict = {}
-        for op in self.forward_ops:
-            if isinstance(op, nn.MaxPool2d):
-                x, ctx[POOL_INDICES] = max_pool_with_indices(op, x)
-            else:
-                x = op(x)
-        return x, ctx
+        return run_ops_ctx(self.forward_ops, x)
 
     def apply_pre(self, y: torch.Tensor, ctx: dict) -> torch.Tensor:
         """g's ops before W, with act(0) = 0 activations applied before unpooling (exact)."""
-        for op in self.pre:
-            y = op(y, ctx) if getattr(op, "needs_ctx", False) else op(y)
-        return y
+        return run_feedback_ops(self.pre, y, ctx)
 
     def product(self, u: torch.Tensor) -> torch.Tensor:
         """W·u without the bias."""

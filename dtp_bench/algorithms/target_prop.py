@@ -114,13 +114,13 @@ class TargetPropagation(Algorithm):
         with AO-SDTP's auxiliary features appended."""
         if self.cfg.first_target != "label":
             return logits
-        code = torch.softmax(logits.float(), dim=1).to(logits.dtype)
-        if self.aux is not None:
-            code = torch.cat([code, self.aux_features(h_below)], dim=1)
-        return code
+        return self.with_aux(torch.softmax(logits.float(), dim=1).to(logits.dtype), h_below)
 
-    def aux_features(self, h_below: torch.Tensor) -> torch.Tensor:
-        return self.aux_activation(self.aux(h_below.flatten(1)))
+    def with_aux(self, distribution: torch.Tensor, h_below: torch.Tensor) -> torch.Tensor:
+        """[o, z]: a class distribution and, for AO-SDTP, the fixed random features z of h_{L-1}."""
+        if self.aux is None:
+            return distribution
+        return torch.cat([distribution, self.aux_activation(self.aux(h_below.flatten(1)))], dim=1)
 
     def lifted(self, i: int, h_next: torch.Tensor, h_i: torch.Tensor) -> torch.Tensor:
         """h_{i+1} in the space g_i reads (only the top block's output is transformed)."""
@@ -177,9 +177,7 @@ class TargetPropagation(Algorithm):
         cfg = self.cfg
         if cfg.first_target == "label":  # argmin of the loss over class distributions
             onehot = nn.functional.one_hot(y, self.network.num_classes).to(hs[-1].dtype)
-            if self.aux is None:
-                return onehot
-            return torch.cat([onehot, self.aux_features(hs[-2].detach())], dim=1)  # z is left as it is
+            return self.with_aux(onehot, hs[-2].detach())  # z is left as it is
         level = self.first_level
         with torch.enable_grad():
             h = hs[level].detach().requires_grad_(True)

@@ -106,6 +106,21 @@ def run_ops_ctx(ops: Iterable[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor
     return x, ctx
 
 
+def run_feedback_ops(ops: Iterable[nn.Module], y: torch.Tensor, ctx: Optional[dict]) -> torch.Tensor:
+    """Apply feedback ``ops`` in order, handing the forward context to those that need it."""
+    for op in ops:
+        y = op(y, ctx) if getattr(op, "needs_ctx", False) else op(y)
+    return y
+
+
+def find_weight_op(ops: Iterable[nn.Module]) -> nn.Module:
+    """The op that carries a block's (or a feedback block's) weights."""
+    for op in ops:
+        if isinstance(getattr(op, "weight", None), torch.Tensor):
+            return op
+    raise AttributeError("no weight op among these ops")
+
+
 class MaxUnpool(nn.Module):
     """Feedback counterpart of a MaxPool2d: puts each value back where the forward pass found its
     maximum. The indices come from the ``ctx`` of the forward pass being inverted (never from state
@@ -195,10 +210,7 @@ class Block(nn.Module):
 
     @property
     def weight_op(self) -> nn.Module:
-        for op in self.ops:
-            if isinstance(getattr(op, "weight", None), torch.Tensor):
-                return op
-        raise AttributeError("block has no weight op")
+        return find_weight_op(self.ops)
 
     @property
     def activation(self) -> nn.Module:
@@ -262,16 +274,11 @@ class FeedbackBlock(nn.Module):
         self.ops = nn.ModuleList(ops)
 
     def forward(self, y: torch.Tensor, ctx: Optional[dict] = None) -> torch.Tensor:
-        for op in self.ops:
-            y = op(y, ctx) if getattr(op, "needs_ctx", False) else op(y)
-        return y
+        return run_feedback_ops(self.ops, y, ctx)
 
     @property
     def weight_op(self) -> nn.Module:
-        for op in self.ops:
-            if isinstance(getattr(op, "weight", None), torch.Tensor):
-                return op
-        raise AttributeError("feedback block has no weight op")
+        return find_weight_op(self.ops)
 
 
 class Network(nn.Module):
