@@ -153,16 +153,22 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, split: str) -> float:
+    def evaluate(self, split: str) -> tuple[float, Optional[float]]:
+        """Top-1 and top-5 error (%) on ``split``; top-5 is None when there are 5 classes or fewer."""
         t = self.typed.trainer
         wrong = torch.zeros((), device=self.device)
-        n = 0
+        wrong_top5 = torch.zeros((), device=self.device)
+        n, classes = 0, 0
         with self.autocast:
             for x, y in self.data.eval_batches(split, t.eval_batch_size, t.limit_eval_batches):
                 logits = self.algorithm.predict(x)
+                classes = logits.shape[1]
                 wrong += (logits.argmax(1) != y).sum()
+                if classes > 5:
+                    wrong_top5 += (logits.topk(5, dim=1).indices != y[:, None]).all(1).sum()
                 n += len(y)
-        return 100.0 * wrong.item() / max(n, 1)
+        top1 = 100.0 * wrong.item() / max(n, 1)
+        return top1, (100.0 * wrong_top5.item() / max(n, 1) if classes > 5 else None)
 
     # ------------------------------------------------------------ the loop
     def _progress(self, total: int, epoch: int):
@@ -231,9 +237,11 @@ class Trainer:
                 print(f"diverged: training loss became {row['train_loss']} in epoch {epoch + 1}",
                       file=sys.stderr)
                 return self.write_summary("diverged")
-            row["test_error"] = self.evaluate("test")
+            row["test_error"], top5 = self.evaluate("test")
+            if top5 is not None:
+                row["test_top5_error"] = top5
             if self.data.val_y is not None:
-                row["val_error"] = self.evaluate("val")
+                row["val_error"], _ = self.evaluate("val")
             self.algorithm.after_epoch(epoch)
             self.elapsed += row["epoch_seconds"]
             self.best_test_error = min(self.best_test_error, row["test_error"])
@@ -270,6 +278,7 @@ class Trainer:
             "final_test_error": completed[-1]["test_error"] if completed else None,
             "best_test_error": self.best_test_error if math.isfinite(self.best_test_error) else None,
             "final_train_error": last.get("train_error"),
+            "final_test_top5_error": completed[-1].get("test_top5_error") if completed else None,
             "final_val_error": completed[-1].get("val_error") if completed else None,
             "best_val_error": min((r["val_error"] for r in completed if "val_error" in r), default=None),
             "epochs_completed": len(completed),

@@ -215,9 +215,10 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 # ---------------------------------------------------------------------------- tables
 CSV_HEADER = ["paper", "table", "row", "column", "variant", "metric", "n", "seeds", "ours_mean", "ours_std",
-              "paper_value", "paper_std", "difference", "ours_train", "paper_train", "diverged", "failed", "status"]
+              "paper_value", "paper_std", "difference", "ours_train", "paper_train", "ours_top5", "paper_top5", "diverged", "failed", "status"]
 MD_HEADER = ["row", "column", "variant", "metric", "n", "ours (mean ± std)", "paper", "ours − paper",
-             "train: ours / paper", "diverged / failed", "status"]
+             "train: ours / paper", "top-5 error: ours / paper", "diverged / failed", "status"]
+TOP5_COLUMN = MD_HEADER.index("top-5 error: ours / paper")
 
 
 @dataclass
@@ -237,11 +238,15 @@ def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
     trains = [v for v in (train_value(r, metric) for r in done) if v is not None]
     mean, std = mean_std(values)
     train_mean, _ = mean_std(trains)
+    top5_mean, _ = mean_std([r.summary["final_test_top5_error"] for r in done
+                             if r.summary.get("final_test_top5_error") is not None])
     diverged = sum(r.status == "diverged" for r in cell.runs)
     failed = sum(r.status not in ("completed", "diverged") for r in cell.runs)
     paper, paper_std = ref.get("value"), ref.get("std")
     match = TRAIN_NOTE.search(str(ref.get("note", "")))
     paper_train = float(match.group(1)) if match else None
+    match = TOP5_NOTE.search(str(ref.get("note", "")))
+    paper_top5 = float(match.group(1)) if match else None
     diff = None if mean is None or paper is None else mean - paper
     if not cell.runs:
         status = "missing (no runs)"
@@ -256,13 +261,20 @@ def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
     csv_row = [str(ref.get("paper", "")), str(ref.get("table", "")), str(ref.get("row", "")),
                str(ref.get("column", "")), cell.variant, metric, str(len(values)), seeds, fmt(mean, digits),
                fmt(std, digits), fmt(paper), fmt(paper_std), fmt(diff), fmt(train_mean), fmt(paper_train),
-               str(diverged), str(failed), status]
+               fmt(top5_mean), fmt(paper_top5), str(diverged), str(failed), status]
     ours = "—" if mean is None else fmt(mean, digits) + ("" if std is None else f" ± {fmt(std, digits)}")
     paper_text = "—" if paper is None else fmt(paper) + ("" if paper_std is None else f" ± {fmt(paper_std)}")
-    train_text = "" if train_mean is None and paper_train is None else f"{fmt(train_mean) or '—'} / {fmt(paper_train) or '—'}"
+    train_text, top5_text = (
+        "" if a is None and b is None else f"{fmt(a) or '—'} / {fmt(b) or '—'}"
+        for a, b in ((train_mean, paper_train), (top5_mean, paper_top5)))
     md_row = [str(ref.get("row", "")), str(ref.get("column", "")), cell.variant, metric, str(len(values)), ours,
-              paper_text, "" if diff is None else f"{diff:+.2f}", train_text, f"{diverged} / {failed}", status]
+              paper_text, "" if diff is None else f"{diff:+.2f}", train_text, top5_text, f"{diverged} / {failed}",
+              status]
     return csv_row, md_row
+
+
+def _without(items: list[str], index: int) -> list[str]:
+    return items[:index] + items[index + 1:]
 
 
 def build_cells(runs: list[Run], presets: list[Preset]) -> dict[tuple, Cell]:
@@ -465,6 +477,8 @@ def report(run_roots: list[Path], out: Path, conf: Path = ROOT / "conf") -> list
             write_csv(base.with_suffix(".csv"), CSV_HEADER, csv_rows)
             written.append(base.with_suffix(".csv"))
             header, rows = MD_HEADER, md_rows
+            if not any(row[TOP5_COLUMN] for row in rows):  # top-5 only where a paper or a run has it
+                header, rows = _without(header, TOP5_COLUMN), [_without(row, TOP5_COLUMN) for row in rows]
         if "search" in table.lower():
             write_csv(base.with_suffix(".csv"), header, rows)
             written.append(base.with_suffix(".csv"))

@@ -26,10 +26,12 @@ REF_BP = {**REF_DTP, "row": "BP", "value": 1.48, "note": "paper train error: 0.0
 REF_FA = {**REF_DTP, "row": "FA", "value": 1.85, "note": ""}
 REF_FW = {"paper": "shibuya2023", "table": "Table (test error)", "row": "FW-DTP (0.5M / 6.3M)", "column": "F-MNIST",
           "metric": "test_error", "value": 11.76, "std": 0.37, "note": ""}
+REF_IN32 = {"paper": "bartunov2018", "table": "Table 2", "row": "FA", "column": "ImageNet top-1",
+            "metric": "best_test_error", "value": 93.08, "std": None, "note": "paper top-5 error: 82.54% (x)."}
 
 
 def write_run(folder: Path, ref: dict, seed: int, test_errors: list, train_errors: list,
-              status: str = "completed", overrides: tuple = ()) -> None:
+              status: str = "completed", overrides: tuple = (), top5: float | None = None) -> None:
     folder.mkdir(parents=True)
     rows = [{"epoch": i + 1, "train_loss": 0.1, "train_error": tr, "test_error": te, "epoch_seconds": 1.0 + i}
             for i, (te, tr) in enumerate(zip(test_errors, train_errors))]
@@ -38,7 +40,7 @@ def write_run(folder: Path, ref: dict, seed: int, test_errors: list, train_error
     summary = {"status": status, "final_test_error": done[-1]["test_error"] if done else None,
                "best_test_error": min(r["test_error"] for r in done) if done else None,
                "final_train_error": rows[-1]["train_error"], "final_val_error": None,
-               "epochs_completed": len(done), "seed": seed, "reference": ref}
+               "epochs_completed": len(done), "seed": seed, "reference": ref, "final_test_top5_error": top5}
     (folder / "summary.json").write_text(json.dumps(summary))
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "config.yaml").write_text(json.dumps({"seed": seed, "reference": ref}))
@@ -57,6 +59,8 @@ def fixture_dirs(tmp_path):
     write_run(runs / "outputs" / "fw1", REF_FW, 0, [13.0, 12.0], [11.0, 10.0])
     write_run(runs / "outputs" / "fw2", REF_FW, 1, [12.5, 12.5], [11.0, 10.0])
     write_run(runs / "outputs" / "fw_short", REF_FW, 0, [14.0], [12.0], overrides=("trainer.epochs=1",))
+    write_run(runs / "outputs" / "in32_1", REF_IN32, 1, [95.0, 94.0], [90.0, 89.0], top5=85.0)
+    write_run(runs / "outputs" / "in32_2", REF_IN32, 2, [95.0, 92.0], [90.0, 88.0], top5=83.0)
     # the presets that define the expected cells: FA has no run, so it is listed as missing
     conf = tmp_path / "conf" / "experiment" / "bartunov2018" / "mnist_fc"
     conf.mkdir(parents=True)
@@ -88,6 +92,13 @@ def test_tables(fixture_dirs, tmp_path):
         ("2", "12.25", "0.35", "0.37", "0.49")
     assert fw["trainer.epochs=1"]["ours_mean"] == "14.00"  # a run with other overrides is its own row
     assert "shibuya2023/table_test_error.md" in (out / "index.md").read_text()
+    # top-5 error: its own column where a paper or a run has it, and only there
+    md2 = (out / "bartunov2018" / "table_2.md").read_text()
+    assert "| FA | ImageNet top-1 |  | best_test_error | 2 | 93.00 ± 1.41 | 93.08 | -0.08 | 88.50 / — | 84.00 / 82.54 | 0 / 0 | ok |" in md2
+    assert "top-5" not in "\n".join(md)
+    with open(out / "bartunov2018" / "table_2.csv") as f:
+        (in32,) = csv.DictReader(f)
+    assert (in32["ours_top5"], in32["paper_top5"]) == ("84.00", "82.54")
 
 
 def test_idempotent(fixture_dirs, tmp_path):

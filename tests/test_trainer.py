@@ -1,8 +1,10 @@
 """Run outputs, determinism, resume, divergence and failure handling, on tiny fake data."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,11 +15,11 @@ from dtp_bench.data import DeviceData
 from dtp_bench.run import FAILED_OBJECTIVE
 from dtp_bench.trainer import CHECKPOINT, SUMMARY, Trainer
 
-ROW_FIELDS = {"epoch", "train_loss", "train_error", "test_error", "epoch_seconds", "examples_per_second",
-              "lr_forward"}
+ROW_FIELDS = {"epoch", "train_loss", "train_error", "test_error", "test_top5_error", "epoch_seconds",
+              "examples_per_second", "lr_forward"}
 SUMMARY_FIELDS = {"status", "final_test_error", "best_test_error", "final_train_error", "total_seconds",
                   "choices", "seed", "parameters", "device", "torch_version", "diverged_epoch",
-                  "epochs_completed"}
+                  "epochs_completed", "final_test_top5_error"}
 
 
 def test_outputs(data_root, tmp_path, capsys):
@@ -40,6 +42,7 @@ def test_outputs(data_root, tmp_path, capsys):
     assert summary["final_test_error"] == rows[-1]["test_error"] == objective
     assert summary["best_test_error"] == min(r["test_error"] for r in rows)
     assert summary["final_train_error"] == rows[-1]["train_error"]
+    assert summary["final_test_top5_error"] == rows[-1]["test_top5_error"] <= rows[-1]["test_error"]
     assert summary["device"] == "cpu" and summary["torch_version"] == torch.__version__
     assert summary["parameters"]["forward"] == (784 * 32 + 32) + (32 * 32 + 32) + (32 * 10 + 10)
     assert summary["parameters"]["feedback"] == 0
@@ -49,6 +52,28 @@ def test_outputs(data_root, tmp_path, capsys):
     assert not list(run_dir.glob("*.tmp"))
     state = torch.load(run_dir / CHECKPOINT, weights_only=True)
     assert state["epochs_completed"] == 2
+
+
+def _evaluate(logits: torch.Tensor, labels: torch.Tensor, batch_size: int = 2):
+    """Trainer.evaluate on fixed logits, served in batches as the data would be."""
+    batches = [(logits[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size)]
+    fake = SimpleNamespace(
+        typed=SimpleNamespace(trainer=SimpleNamespace(eval_batch_size=batch_size, limit_eval_batches=None)),
+        device=torch.device("cpu"), autocast=contextlib.nullcontext(),
+        data=SimpleNamespace(eval_batches=lambda split, size, limit: iter(batches)),
+        algorithm=SimpleNamespace(predict=lambda x: x))
+    return Trainer.evaluate(fake, "test")
+
+
+def test_top1_and_top5_error():
+    # label ranks 1st, 2nd, 5th, 6th and 10th among the 10 logits of its row
+    order = torch.arange(10.0).flip(0)  # logits 9, 8, ..., 0: class c ranks (c + 1)th
+    logits = order.repeat(5, 1)
+    labels = torch.tensor([0, 1, 4, 5, 9])
+    top1, top5 = _evaluate(logits, labels)
+    assert top1 == pytest.approx(80.0) and top5 == pytest.approx(40.0)
+    # five classes or fewer: top-5 error means nothing and is not reported
+    assert _evaluate(logits[:, :5], torch.tensor([0, 1, 2, 3, 4])) == (pytest.approx(80.0), None)
 
 
 def test_validation_split_is_reported(data_root, tmp_path):
