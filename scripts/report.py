@@ -447,6 +447,66 @@ def sensitivity_map(cells: list[Cell], title: str, path: Path) -> bool:
     return True
 
 
+def _swept_x(values: list[str]) -> tuple[list, str]:
+    """Plot positions for the swept values: numbers as numbers; for lists of layer sizes the length
+    (depth) if lengths differ, else the first size (width); anything else in the given order."""
+    import ast
+
+    try:
+        parsed = [ast.literal_eval(v) for v in values]
+    except (ValueError, SyntaxError):
+        return list(values), "categorical"
+    if all(isinstance(p, (int, float)) for p in parsed):
+        return parsed, "numeric"
+    if all(isinstance(p, list) and p for p in parsed):
+        if len({len(p) for p in parsed}) > 1:
+            return [len(p) for p in parsed], "length of"
+        return [p[0] for p in parsed], "first value of"
+    return list(values), "categorical"
+
+
+def sweep_plot(cells: list[Cell], title: str, path: Path) -> bool:
+    """Final metric against the swept value, one line per row (method) and other swept values."""
+    metric = cells[0].ref.get("metric", "test_error")
+    runs = [(str(c.ref.get("row", "")), r, dict(o.split("=", 1) for o in r.variant.split() if "=" in o))
+            for c in cells for r in c.runs if r.status == "completed"]
+    settings = [setting for _, _, setting in runs]
+    keys = sorted({k for s in settings for k in s if k != "method"})
+    varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    if not varying:
+        return False
+    x_key = max(varying, key=lambda k: (len({s.get(k) for s in settings}), k))
+    raw = sorted({s.get(x_key) for s in settings if s.get(x_key) is not None}, key=str)
+    positions, kind = _swept_x(raw)
+    if kind == "categorical":
+        positions = list(range(len(raw)))
+    where = dict(zip(raw, positions))
+    lines: dict[str, dict] = {}
+    for row, run, setting in runs:
+        value = metric_value(run, metric)
+        if value is None or setting.get(x_key) is None:
+            continue
+        label = " ".join([row] + [f"{k}={setting[k]}" for k in varying if k != x_key and k in setting])
+        lines.setdefault(label, {}).setdefault(where[setting[x_key]], []).append(value)
+    if not lines:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label in sorted(lines):
+        xs = sorted(lines[label])
+        ax.plot(xs, [statistics.fmean(lines[label][x]) for x in xs], marker="o", label=label)
+    if kind == "categorical":
+        ax.set_xticks(positions, raw)
+    elif kind == "numeric" and min(positions) > 0 and max(positions) / min(positions) >= 100:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_key if kind in ("numeric", "categorical") else f"{kind} {x_key}")
+    ax.set_ylabel(metric.replace("_", " ") + " (%), mean over seeds")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    save(fig, path)
+    return True
+
+
 # ---------------------------------------------------------------------------- main
 def report(run_roots: list[Path], out: Path, conf: Path = ROOT / "conf") -> list[Path]:
     runs = find_runs(run_roots)
@@ -497,6 +557,10 @@ def report(run_roots: list[Path], out: Path, conf: Path = ROOT / "conf") -> list
         if table.lower().startswith("cost"):
             png = folder / f"{slug(table)}__bars.png"
             if cost_chart(table_cells, f"{paper} — {table}", png):
+                figures.append(png)
+        if paper.startswith("investigation"):
+            png = folder / f"{slug(table)}__sweep.png"
+            if sweep_plot([c for c in table_cells if c.runs], f"{paper} — {table}", png):
                 figures.append(png)
         if table.lower().startswith("sensitivity"):
             for row in sorted({str(c.ref.get("row", "")) for c in table_cells if c.runs}):

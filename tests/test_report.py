@@ -122,3 +122,30 @@ def test_metric_conversions():
     assert report.metric_value(run, "best_test_accuracy") == 92.0
     assert report.metric_value(run, "top5_accuracy") is None  # not recorded by the trainer yet
     assert report.metric_value(run, "epoch_seconds") == 3.0  # median of epochs >= 2
+
+
+def test_swept_values_become_plot_positions():
+    swept_x = load_report()._swept_x
+    assert swept_x(["[200]", "[200,200]", "[200,200,200,200]"]) == ([1, 2, 4], "length of")
+    assert swept_x(["[20]", "[100]"]) == ([20, 100], "first value of")
+    assert swept_x(["0.1", "3"]) == ([0.1, 3], "numeric")
+    assert swept_x(["relu", "tanh"]) == (["relu", "tanh"], "categorical")
+
+
+def test_investigation_sweep_figure(tmp_path):
+    ref = {"paper": "investigation2019_fmnist", "table": "5.8 depth", "row": "dtp", "column": "F-MNIST",
+           "metric": "best_test_accuracy", "value": None, "std": None, "note": ""}
+    runs = tmp_path / "runs"
+    for i, (row, hidden) in enumerate([("dtp", "[200]"), ("dtp", "[200,200]"), ("bp", "[200]"), ("bp", "[200,200]")]):
+        write_run(runs / f"{i}", {**ref, "row": row}, 0, [20.0 - i], [10.0],
+                  overrides=(f"arch.hidden={hidden}", f"experiment/investigation2019/method@_global_={row}"))
+    out = tmp_path / "out"
+    load_report().main(["--runs", str(runs), "--out", str(out), "--conf", str(tmp_path / "none")])
+    md = (out / "investigation2019_fmnist" / "5_8_depth.md").read_text()
+    assert "![5_8_depth__sweep](5_8_depth__sweep.png)" in md
+    assert (out / "investigation2019_fmnist" / "5_8_depth__sweep.png").stat().st_size > 1000
+    # one setting only: nothing is swept, no sweep figure
+    single = tmp_path / "single"
+    write_run(single / "0", ref, 0, [20.0], [10.0], overrides=("arch.hidden=[200]",))
+    load_report().main(["--runs", str(single), "--out", str(tmp_path / "out2"), "--conf", str(tmp_path / "none")])
+    assert not (tmp_path / "out2" / "investigation2019_fmnist" / "5_8_depth__sweep.png").exists()
