@@ -300,8 +300,8 @@ def search_rows(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
         key = (str(cell.ref.get("row", "")), str(cell.ref.get("column", "")))
         groups.setdefault(key, []).extend(cell.runs)
         refs[key] = cell.ref
-    header = ["row", "column", "trials", "completed", "diverged / failed", "chosen on validation",
-              "val error", "test error (best)", "paper", "chosen overrides"]
+    header = ["row", "column", "trials", "completed", "diverged / failed", "chosen on validation (sweep #job)",
+              "val error", "its final test error", "paper", "chosen overrides"]
     rows = []
     for key in sorted(groups):
         trials = groups[key]
@@ -310,9 +310,9 @@ def search_rows(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
         diverged = sum(r.status == "diverged" for r in trials)
         failed = sum(r.status not in ("completed", "diverged") for r in trials)
         rows.append([key[0], key[1], str(len(trials)), str(len(done)), f"{diverged} / {failed}",
-                     chosen.path.name if chosen else "—",
+                     f"{chosen.path.parent.name} #{chosen.path.name.split('_', 1)[0]}" if chosen else "—",
                      fmt(chosen.summary["final_val_error"]) if chosen else "",
-                     fmt(chosen.summary.get("best_test_error")) if chosen else "",
+                     fmt(chosen.summary.get("final_test_error")) if chosen else "",
                      fmt(refs[key].get("value")), chosen.variant if chosen else ""])
     return header, rows
 

@@ -149,3 +149,22 @@ def test_investigation_sweep_figure(tmp_path):
     write_run(single / "0", ref, 0, [20.0], [10.0], overrides=("arch.hidden=[200]",))
     load_report().main(["--runs", str(single), "--out", str(tmp_path / "out2"), "--conf", str(tmp_path / "none")])
     assert not (tmp_path / "out2" / "investigation2019_fmnist" / "5_8_depth__sweep.png").exists()
+
+
+def test_search_table_chooses_on_validation(tmp_path):
+    ref = {"paper": "shibuya2023", "table": "search (F-MNIST)", "row": "BP", "column": "F-MNIST",
+           "metric": "test_error", "value": 10.42, "std": None, "note": ""}
+    sweep = tmp_path / "runs" / "search_bp"
+    # trial 1 has the lowest test error but not the lowest validation error: trial 0 is chosen
+    for job, (val, test) in enumerate([(11.0, 12.0), (11.5, 10.0)]):
+        write_run(sweep / f"{job}_algorithm.optimizer.lr={job}", ref, 0, [test], [5.0],
+                  overrides=(f"algorithm.optimizer.lr={job}",))
+        summary = json.loads((sweep / f"{job}_algorithm.optimizer.lr={job}" / "summary.json").read_text())
+        summary["final_val_error"] = val
+        (sweep / f"{job}_algorithm.optimizer.lr={job}" / "summary.json").write_text(json.dumps(summary))
+    write_run(sweep / "2_algorithm.optimizer.lr=2", ref, 0, [None], [float("nan")], status="diverged",
+              overrides=("algorithm.optimizer.lr=2",))
+    out = tmp_path / "out"
+    load_report().main(["--runs", str(tmp_path / "runs"), "--out", str(out), "--conf", str(tmp_path / "none")])
+    md = (out / "shibuya2023" / "search_f_mnist.md").read_text()
+    assert "| BP | F-MNIST | 3 | 2 | 1 / 0 | search_bp #0 | 11.00 | 12.00 | 10.42 | algorithm.optimizer.lr=0 |" in md
