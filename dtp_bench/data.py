@@ -35,24 +35,26 @@ class DatasetSpec:
     size: int  # images are size × size
     num_classes: int
     how_to_get: str
+    train_size: int  # examples in the official training / test files (cost estimates; the loader counts)
+    test_size: int
 
 
 SPECS = {
     "mnist": DatasetSpec("mnist", 1, 28, 10, "torchvision.datasets.MNIST(root, download=True), "
-                         "or the four IDX files from http://yann.lecun.com/exdb/mnist/"),
+                         "or the four IDX files from http://yann.lecun.com/exdb/mnist/", 60000, 10000),
     "fmnist": DatasetSpec("fmnist", 1, 28, 10, "`apt-get install dataset-fashion-mnist` (Debian), "
                           "torchvision.datasets.FashionMNIST(root, download=True), or the four IDX "
-                          "files from https://github.com/zalandoresearch/fashion-mnist"),
+                          "files from https://github.com/zalandoresearch/fashion-mnist", 60000, 10000),
     "cifar10": DatasetSpec("cifar10", 3, 32, 10, "torchvision.datasets.CIFAR10(root, download=True), "
                            "or cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
-                           "unpacked into the root"),
+                           "unpacked into the root", 50000, 10000),
     "cifar100": DatasetSpec("cifar100", 3, 32, 100, "torchvision.datasets.CIFAR100(root, download=True), "
                             "or cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
-                            "unpacked into the root"),
+                            "unpacked into the root", 50000, 10000),
     "imagenet32": DatasetSpec("imagenet32", 3, 32, 1000, "the downsampled-ImageNet 32x32 release "
                               "(Imagenet32_train.zip and Imagenet32_val.zip from "
                               "https://image-net.org/download-images, registration needed), unpacked "
-                              "by hand into <root>/imagenet32/ (train_data_batch_1..10, val_data)"),
+                              "by hand into <root>/imagenet32/ (train_data_batch_1..10, val_data)", 1281167, 50000),
 }
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -1,0 +1,44 @@
+"""scripts/estimate_cost.py: the FLOP count of a BP run equals the matmul count done by hand."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("estimate_cost", REPO / "scripts" / "estimate_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["estimate_cost"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bp_flops_equal_the_matmuls():
+    est = load().estimate(["algorithm=bp", "dataset=fmnist", "arch.hidden=[32,16]", "trainer.batch_size=100",
+                           "trainer.eval_batch_size=500", "trainer.epochs=3"])
+    first, rest = 784 * 32, 32 * 16 + 16 * 10
+    # forward 2·B·Σ(in·out); backward: weight gradients of every layer, input gradients above layer 1
+    assert est["flops"]["train_batch"] == 2 * 100 * (first + rest) + 2 * 100 * (first + rest) + 2 * 100 * rest
+    assert est["flops"]["eval_batch"] == 2 * 500 * (first + rest)
+    assert est["flops"]["feedback_batch"] == 0 and est["batches_per_epoch"] == 600
+    epoch = 600 * est["flops"]["train_batch"] + 20 * est["flops"]["eval_batch"]  # 10000 test examples / 500
+    assert est["flops"]["epoch"] == epoch and est["flops"]["total"] == 3 * epoch
+    assert est["ops"]["train_batch"] > 0
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["algorithm=drl"], (6, 1)),            # Meulemans: 6 pre-training epochs, 1 extra before each epoch
+    (["algorithm=dtp", "algorithm.schedule=alternating"], (1, 1)),
+    (["algorithm=fw_dtp"], (0, 0)),         # fixed feedback: nothing to train
+])
+def test_feedback_only_epochs(overrides, expected):
+    est = load().estimate(overrides + ["arch.hidden=[16,16]", "trainer.epochs=2"])  # 2 layers: DTP has feedback
+    assert tuple(est["feedback_only_epochs"].values()) == expected
+    first, later = expected
+    f = est["flops"]
+    assert f["total"] == 2 * f["epoch"] + (first - later) * est["batches_per_epoch"] * f["feedback_batch"]
