@@ -1,6 +1,8 @@
 """Count the floating-point operations of a run before you run it, and turn them into wall time.
 
     python scripts/estimate_cost.py experiment=ernoult2022/lenet_fmnist/l_drl [--tflops 5 20] [--seconds-per-epoch S]
+    python scripts/estimate_cost.py ... --json > results/estimates/<name>.json
+    python scripts/estimate_cost.py --summarize results/estimates     # their table: results/estimates/README.md
 
 Composes the config exactly as train.py would (any overrides), builds the network for the dataset's
 shapes (no data files needed: random inputs), and counts with torch's FLOP formulas the matmul /
@@ -118,6 +120,27 @@ def hours(result: dict, tflops: float, launch_us: float) -> float:
     return (result["flops"]["total"] / (tflops * 1e12) + result["ops"]["total"] * launch_us * 1e-6) / 3600
 
 
+def summarize(folder: Path) -> Path:
+    """A markdown table of the --json estimates in ``folder``."""
+    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    throughputs = sorted({label for r in results for label in r["hours"]}, key=lambda t: float(t.split()[0]))
+    lines = ["# Cost estimates", "",
+             "Written by `python scripts/estimate_cost.py --summarize " + str(folder) + "` from the `--json` files here "
+             "(`scripts/run_here.sh` has the commands). FLOPs are counted (matmuls and convolutions, backward "
+             "included; elementwise work is not, so they are a lower bound); hours assume the stated sustained "
+             "throughput plus a launch latency per operation.", "",
+             "| config | epochs | batches / epoch | PFLOP | operations | "
+             + " | ".join(f"hours at {t} + {results[0]['launch_us']:g} µs/op" for t in throughputs) + " |",
+             "|" + "---|" * (5 + len(throughputs))]
+    for r in results:
+        hours_text = " | ".join(f"{r['hours'][t]:.2f}" if t in r["hours"] else "" for t in throughputs)
+        lines.append(f"| `{' '.join(r['overrides'])}` | {r['epochs']} | {r['batches_per_epoch']} | "
+                     f"{r['flops']['total'] / 1e15:.3g} | {r['ops']['total']:.3g} | {hours_text} |")
+    out = folder / "README.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. experiment=ernoult2022/lenet_fmnist/l_drl")
@@ -128,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds-per-epoch", type=float,
                         help="a measured epoch (not the first) of this config: prints that machine's FLOP/s")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    parser.add_argument("--summarize", type=Path, metavar="DIR", help="write DIR/README.md from DIR/*.json and stop")
     args = parser.parse_args(argv)
+    if args.summarize:
+        print(f"wrote {summarize(args.summarize)}", file=sys.stderr)
+        return 0
     result = estimate(args.overrides)
     result["launch_us"] = args.launch_us
     result["hours"] = {f"{tf:g} TFLOP/s": hours(result, tf, args.launch_us) for tf in args.tflops}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -42,3 +43,16 @@ def test_feedback_only_epochs(overrides, expected):
     first, later = expected
     f = est["flops"]
     assert f["total"] == 2 * f["epoch"] + (first - later) * est["batches_per_epoch"] * f["feedback_batch"]
+
+
+def test_json_and_summary_table(tmp_path, capsys):
+    module = load()
+    overrides = ["algorithm=bp", "arch.hidden=[32]", "trainer.batch_size=100", "trainer.epochs=2"]
+    assert module.main(overrides + ["--json", "--tflops", "1", "--launch-us", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (tmp_path / "bp.json").write_text(json.dumps(result))
+    # with no launch latency, hours are the FLOPs at 1 TFLOP/s
+    assert result["hours"]["1 TFLOP/s"] == pytest.approx(result["flops"]["total"] / 1e12 / 3600)
+    table = module.summarize(tmp_path).read_text()
+    assert (f"| `{' '.join(overrides)}` | 2 | 600 | {result['flops']['total'] / 1e15:.3g} | "
+            f"{result['ops']['total']:.3g} | {result['hours']['1 TFLOP/s']:.2f} |") in table
