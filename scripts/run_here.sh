@@ -22,7 +22,7 @@ done
 # 2) The paper's budget (100 epochs, 3 seeds) with those values
 $PY train.py -m experiment=shibuya2023/fmnist/dtp_1.1m,shibuya2023/fmnist/dtp_0.5m,shibuya2023/fmnist/fw_dtp,shibuya2023/fmnist/bp \
     seed=1,2,3 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_100ep
-# DRL and L-DRL: reduced epochs (100 epochs x 3 seeds would take ~25 h here)
+# DRL and L-DRL: reduced epochs (100 epochs x 3 seeds: ~2 h (DRL 0.5M) to ~6 h (L-DRL 1.1M) per row here)
 $PY train.py -m experiment=shibuya2023/fmnist/drl_0.5m,shibuya2023/fmnist/drl_1.1m \
     seed=1,2,3 trainer.epochs=5 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_drl_5ep
 $PY train.py -m experiment=shibuya2023/fmnist/l_drl_0.5m,shibuya2023/fmnist/l_drl_1.1m \
@@ -33,6 +33,12 @@ $PY train.py -m experiment=investigation2019_fmnist/depth trainer.epochs=10 trai
     hydra.sweep.dir=$RUNS/investigation_fmnist_depth_10ep
 $PY train.py -m experiment=investigation2019_fmnist/width trainer.epochs=10 trainer.checkpoint=false $JOBLIB \
     hydra.sweep.dir=$RUNS/investigation_fmnist_width_10ep
+
+# ... and every investigation grid at the preset's budget (20 epochs, seed 0)
+for grid in one_hidden optimizers noise alpha mixed_optimizers activations pca depth width; do
+  $PY train.py -m experiment=investigation2019_fmnist/$grid trainer.checkpoint=false $JOBLIB \
+      hydra.sweep.dir=$RUNS/investigation_fmnist_$grid
+done
 
 # Ernoult et al. LeNet on F-MNIST, BP: 2 epochs of the paper's 90 (about 1 min per epoch here)
 $PY train.py experiment=ernoult2022/lenet_fmnist/bp seed=1 trainer.epochs=2 trainer.checkpoint=false \
