@@ -215,7 +215,8 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 # ---------------------------------------------------------------------------- tables
 CSV_HEADER = ["paper", "table", "row", "column", "variant", "metric", "n", "seeds", "ours_mean", "ours_std",
-              "paper_value", "paper_std", "difference", "ours_train", "paper_train", "ours_top5", "paper_top5", "diverged", "failed", "status"]
+              "paper_value", "paper_std", "difference", "ours_train", "paper_train", "ours_top5", "paper_top5",
+              "diverged", "failed", "status"]
 MD_HEADER = ["row", "column", "variant", "metric", "n", "ours (mean ± std)", "paper", "ours − paper",
              "train: ours / paper", "top-5 error: ours / paper", "diverged / failed", "status"]
 TOP5_COLUMN = MD_HEADER.index("top-5 error: ours / paper")
@@ -537,7 +538,7 @@ def report(run_roots: list[Path], out: Path, conf: Path = ROOT / "conf") -> list
             write_csv(base.with_suffix(".csv"), CSV_HEADER, csv_rows)
             written.append(base.with_suffix(".csv"))
             header, rows = MD_HEADER, md_rows
-            if not any(row[TOP5_COLUMN] for row in rows):  # top-5 only where a paper or a run has it
+            if not any(TOP5_NOTE.search(str(c.ref.get("note", ""))) for c in table_cells):  # where the paper has it
                 header, rows = _without(header, TOP5_COLUMN), [_without(row, TOP5_COLUMN) for row in rows]
         if "search" in table.lower():
             write_csv(base.with_suffix(".csv"), header, rows)

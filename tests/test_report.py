@@ -55,7 +55,7 @@ def fixture_dirs(tmp_path):
     write_run(sweep / "0_seed=1", REF_DTP, 1, [3.0, 2.0, 2.5], [1.0, 0.25, 0.5])
     write_run(sweep / "1_seed=2", REF_DTP, 2, [4.0, 3.0], [2.0, 0.75])
     write_run(sweep / "2_seed=3", REF_DTP, 3, [5.0, None], [3.0, float("nan")], status="diverged")
-    write_run(runs / "outputs" / "bp1", REF_BP, 1, [1.5, 1.25], [0.5, 0.0])
+    write_run(runs / "outputs" / "bp1", REF_BP, 1, [1.5, 1.25], [0.5, 0.0], top5=0.25)  # no paper top-5
     write_run(runs / "outputs" / "fw1", REF_FW, 0, [13.0, 12.0], [11.0, 10.0])
     write_run(runs / "outputs" / "fw2", REF_FW, 1, [12.5, 12.5], [11.0, 10.0])
     write_run(runs / "outputs" / "fw_short", REF_FW, 0, [14.0], [12.0], overrides=("trainer.epochs=1",))
@@ -92,7 +92,7 @@ def test_tables(fixture_dirs, tmp_path):
         ("2", "12.25", "0.35", "0.37", "0.49")
     assert fw["trainer.epochs=1"]["ours_mean"] == "14.00"  # a run with other overrides is its own row
     assert "shibuya2023/table_test_error.md" in (out / "index.md").read_text()
-    # top-5 error: its own column where a paper or a run has it, and only there
+    # top-5 error: its own column where the paper printed one, and only there
     md2 = (out / "bartunov2018" / "table_2.md").read_text()
     assert "| FA | ImageNet top-1 |  | best_test_error | 2 | 93.00 ± 1.41 | 93.08 | -0.08 | 88.50 / — | 84.00 / 82.54 | 0 / 0 | ok |" in md2
     assert "top-5" not in "\n".join(md)
