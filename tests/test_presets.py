@@ -134,3 +134,13 @@ def test_preset_composes_validates_and_steps(name):
             for option in options[1]:
                 group_cfg, _ = compose_preset(name, [f"{key}={option}"])
                 one_step(validate(group_cfg))
+
+
+def test_swept_keys_with_slashes_stay_out_of_job_directory_names():
+    # the sweep subdir is built from the overrides: a key holding "/" would nest job directories
+    excluded = set(OmegaConf.load(CONF / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+    slashed = set()
+    for name in PRESETS:
+        params = OmegaConf.load(EXPERIMENTS / f"{name}.yaml").get("hydra", {}).get("sweeper", {}).get("params", {})
+        slashed |= {key for key in params if "/" in key}
+    assert slashed and slashed <= excluded, slashed - excluded
