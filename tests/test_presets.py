@@ -142,5 +142,5 @@ def test_swept_keys_with_slashes_stay_out_of_job_directory_names():
     slashed = set()
     for name in PRESETS:
         params = OmegaConf.load(EXPERIMENTS / f"{name}.yaml").get("hydra", {}).get("sweeper", {}).get("params", {})
-        slashed |= {key for key in params if "/" in key}
+        slashed |= {key.split("@")[0] for key in params if "/" in key}  # Hydra matches the group, not @package
     assert slashed and slashed <= excluded, slashed - excluded
