@@ -74,15 +74,6 @@ def count(fn) -> tuple[int, int]:
     return counter.flops, counter.ops
 
 
-def feedback_epochs(algorithm_cfg, epochs: int) -> tuple[int, int]:
-    """Feedback-only passes over the training set (target-propagation family): (before epoch 1, before
-    each later epoch)."""
-    pretrain = getattr(algorithm_cfg, "feedback_pretrain_epochs", 0)
-    extra = getattr(algorithm_cfg, "extra_feedback_epochs", 0)
-    alternating = int(getattr(algorithm_cfg, "schedule", "") == "alternating")
-    return pretrain + alternating, extra + alternating
-
-
 def estimate(overrides: list[str]) -> dict:
     typed = validate(compose(overrides))
     t, spec = typed.trainer, SPECS[typed.dataset.name]
@@ -95,13 +86,12 @@ def estimate(overrides: list[str]) -> dict:
     algorithm.train()
     algorithm.train_step(x, y)  # lazily built state (optimizer slots) out of the count
     train = count(lambda: algorithm.train_step(x, y))
-    has_feedback = hasattr(algorithm, "train_feedback") and "feedback" in algorithm.optimizers
-    feedback = count(lambda: algorithm.train_feedback(x, y)) if has_feedback else (0, 0)
+    first, later = algorithm.feedback_epochs_before(0), algorithm.feedback_epochs_before(1)
+    feedback = count(lambda: algorithm.train_feedback(x, y)) if first or later else (0, 0)
     algorithm.eval()
     evaluation = count(lambda: algorithm.predict(torch.randn(t.eval_batch_size, *shape)))
     batches = -(-(spec.train_size - t.val_size) // t.batch_size)
     eval_batches = -(-spec.test_size // t.eval_batch_size) + -(-t.val_size // t.eval_batch_size)
-    first, later = feedback_epochs(typed.algorithm, t.epochs) if has_feedback else (0, 0)
     # one later epoch (what a measured epoch_seconds is): its feedback-only passes, training, evaluation
     epoch = [batches * (tr + later * fb) + eval_batches * ev for tr, fb, ev in zip(train, feedback, evaluation)]
     total = [t.epochs * e + (first - later) * batches * fb for e, fb in zip(epoch, feedback)]

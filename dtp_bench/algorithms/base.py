@@ -81,6 +81,10 @@ class Algorithm(nn.Module):
         """Called before each forward epoch; ``batches()`` yields a fresh pass over the training
         data (used by schedules that train feedback for a whole epoch first)."""
 
+    def feedback_epochs_before(self, epoch: int) -> int:
+        """Feedback-only passes over the training set that ``before_epoch`` makes (cost estimates)."""
+        return 0
+
     def after_epoch(self, epoch: int) -> None:
         for schedule in self.schedules.values():
             schedule.step()

@@ -161,13 +161,16 @@ class TargetPropagation(Algorithm):
         """The loss the feedback parameters minimise (subclasses replace it: DRL, L-DRL)."""
         return self.inverse_loss(hs)
 
-    def before_epoch(self, epoch: int, batches) -> None:
+    def feedback_epochs_before(self, epoch: int) -> int:
+        """Feedback-only passes over the training set before forward epoch ``epoch`` (0-based)."""
         cfg = self.cfg
-        n_epochs = cfg.feedback_pretrain_epochs if epoch == 0 else cfg.extra_feedback_epochs
-        n_epochs += cfg.schedule == "alternating"
         if "feedback" not in self.optimizers:
-            return
-        for _ in range(n_epochs):
+            return 0
+        n_epochs = cfg.feedback_pretrain_epochs if epoch == 0 else cfg.extra_feedback_epochs
+        return n_epochs + (cfg.schedule == "alternating")
+
+    def before_epoch(self, epoch: int, batches) -> None:
+        for _ in range(self.feedback_epochs_before(epoch)):
             for x, y in batches():
                 self.train_feedback(x, y)
 
