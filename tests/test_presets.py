@@ -144,3 +144,14 @@ def test_swept_keys_with_slashes_stay_out_of_job_directory_names():
         params = OmegaConf.load(EXPERIMENTS / f"{name}.yaml").get("hydra", {}).get("sweeper", {}).get("params", {})
         slashed |= {key.split("@")[0] for key in params if "/" in key}  # Hydra matches the group, not @package
     assert slashed and slashed <= excluded, slashed - excluded
+
+
+def test_resuming_a_sweep_finds_the_same_job_directories():
+    # a preempted sweep is continued by rerunning its command with resume=true: the job directory
+    # names must not change, or every job would start again from scratch in a new folder
+    def job_dirname(extra):
+        cfg = compose(["experiment=shibuya2023/fmnist/drl_0.5m", "seed=2", *extra], return_hydra_config=True)
+        return cfg.hydra.job.override_dirname
+
+    assert job_dirname([]) == "seed=2"
+    assert job_dirname(["resume=true", "trainer.checkpoint=true", "trainer.device=cpu"]) == "seed=2"
