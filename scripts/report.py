@@ -9,8 +9,8 @@ preset's ``reference`` node (paper, table, row, column) plus the overrides that 
 the experiment itself ("variant"); within a group, one value per seed. Written to ``--out``:
 
 - ``<paper>/<table>.md`` and ``.csv`` per paper table: our mean ± std over completed runs (n),
-  the paper's value (± std), the difference (ours − paper), diverged / failed runs, and every
-  preset cell of conf/experiment that has no completed run ("missing");
+  the paper's value (± std), the difference (ours − paper), diverged / failed runs, runs still
+  running (unfinished), and every preset cell of conf/experiment that has no completed run ("missing");
 - ``<paper>/<table>__<column>.png``: learning curves (mean over seeds) of every cell;
 - search tables (``table`` contains "search"): the trial chosen on validation error, and
   ``<paper>/<table>__<column>__hist.png``, histograms of the best test accuracy per method over
@@ -216,7 +216,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 # ---------------------------------------------------------------------------- tables
 CSV_HEADER = ["paper", "table", "row", "column", "variant", "metric", "n", "seeds", "ours_mean", "ours_std",
               "paper_value", "paper_std", "difference", "ours_train", "paper_train", "ours_top5", "paper_top5",
-              "diverged", "failed", "status"]
+              "diverged", "failed", "unfinished", "status"]
 MD_HEADER = ["row", "column", "variant", "metric", "n", "ours (mean ± std)", "paper", "ours − paper",
              "train: ours / paper", "top-5 error: ours / paper", "diverged / failed", "status"]
 TOP5_COLUMN = MD_HEADER.index("top-5 error: ours / paper")
@@ -232,6 +232,14 @@ class Cell:
         return tuple(str(self.ref.get(k, "")) for k in REF_KEYS) + (self.variant,)
 
 
+def outcome_counts(runs: list[Run]) -> tuple[int, int, int]:
+    """(diverged, failed, unfinished) runs. ``running`` is what a summary says until the run ends, so
+    it is a run in progress (or one killed without a chance to write ``failed``), not a failure."""
+    diverged = sum(r.status == "diverged" for r in runs)
+    unfinished = sum(r.status == "running" for r in runs)
+    return diverged, sum(r.status not in ("completed", "diverged") for r in runs) - unfinished, unfinished
+
+
 def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
     ref, metric = cell.ref, cell.ref.get("metric", "test_error")
     done = sorted((r for r in cell.runs if r.status == "completed"), key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
@@ -241,8 +249,7 @@ def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
     train_mean, _ = mean_std(trains)
     top5_mean, _ = mean_std([r.summary["final_test_top5_error"] for r in done
                              if r.summary.get("final_test_top5_error") is not None])
-    diverged = sum(r.status == "diverged" for r in cell.runs)
-    failed = sum(r.status not in ("completed", "diverged") for r in cell.runs)
+    diverged, failed, unfinished = outcome_counts(cell.runs)
     paper, paper_std = ref.get("value"), ref.get("std")
     match = TRAIN_NOTE.search(str(ref.get("note", "")))
     paper_train = float(match.group(1)) if match else None
@@ -257,12 +264,14 @@ def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
         status = "missing (no completed run)"
     else:
         status = "ok"
+    if unfinished:
+        status += f"; {unfinished} unfinished (running, or killed)"
     seeds = " ".join(str(r.seed) for r in done)
     digits = 3 if metric == "epoch_seconds" else 2
     csv_row = [str(ref.get("paper", "")), str(ref.get("table", "")), str(ref.get("row", "")),
                str(ref.get("column", "")), cell.variant, metric, str(len(values)), seeds, fmt(mean, digits),
                fmt(std, digits), fmt(paper), fmt(paper_std), fmt(diff), fmt(train_mean), fmt(paper_train),
-               fmt(top5_mean), fmt(paper_top5), str(diverged), str(failed), status]
+               fmt(top5_mean), fmt(paper_top5), str(diverged), str(failed), str(unfinished), status]
     ours = "—" if mean is None else fmt(mean, digits) + ("" if std is None else f" ± {fmt(std, digits)}")
     paper_text = "—" if paper is None else fmt(paper) + ("" if paper_std is None else f" ± {fmt(paper_std)}")
     train_text, top5_text = (
@@ -308,8 +317,7 @@ def search_rows(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
         trials = groups[key]
         done = [r for r in trials if r.status == "completed" and r.summary.get("final_val_error") is not None]
         chosen = min(done, key=lambda r: (r.summary["final_val_error"], str(r.path))) if done else None
-        diverged = sum(r.status == "diverged" for r in trials)
-        failed = sum(r.status not in ("completed", "diverged") for r in trials)
+        diverged, failed, _ = outcome_counts(trials)
         rows.append([key[0], key[1], str(len(trials)), str(len(done)), f"{diverged} / {failed}",
                      f"{chosen.path.parent.name} #{chosen.path.name.split('_', 1)[0]}" if chosen else "—",
                      fmt(chosen.summary["final_val_error"]) if chosen else "",

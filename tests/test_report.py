@@ -55,6 +55,7 @@ def fixture_dirs(tmp_path):
     write_run(sweep / "0_seed=1", REF_DTP, 1, [3.0, 2.0, 2.5], [1.0, 0.25, 0.5])
     write_run(sweep / "1_seed=2", REF_DTP, 2, [4.0, 3.0], [2.0, 0.75])
     write_run(sweep / "2_seed=3", REF_DTP, 3, [5.0, None], [3.0, float("nan")], status="diverged")
+    write_run(sweep / "3_seed=4", REF_DTP, 4, [4.5], [2.5], status="running")  # in progress: not a failure
     write_run(runs / "outputs" / "bp1", REF_BP, 1, [1.5, 1.25], [0.5, 0.0], top5=0.25)  # no paper top-5
     write_run(runs / "outputs" / "fw1", REF_FW, 0, [13.0, 12.0], [11.0, 10.0])
     write_run(runs / "outputs" / "fw2", REF_FW, 1, [12.5, 12.5], [11.0, 10.0])
@@ -74,7 +75,7 @@ def test_tables(fixture_dirs, tmp_path):
     out = tmp_path / "out"
     load_report().main(["--runs", str(runs), "--out", str(out), "--conf", str(conf)])
     md = (out / "bartunov2018" / "table_1.md").read_text().splitlines()
-    assert "| DTP parallel | MNIST FC |  | best_test_error | 2 | 2.50 ± 0.71 | 2.86 | -0.36 | 0.50 / 0.44 | 1 / 0 | ok |" in md
+    assert "| DTP parallel | MNIST FC |  | best_test_error | 2 | 2.50 ± 0.71 | 2.86 | -0.36 | 0.50 / 0.44 | 1 / 0 | ok; 1 unfinished (running, or killed) |" in md
     assert "| BP | MNIST FC |  | best_test_error | 1 | 1.25 | 1.48 | -0.23 | 0.00 / 0.00 | 0 / 0 | ok |" in md
     assert "| FA | MNIST FC |  | best_test_error | 0 | — | 1.85 |  |  | 0 / 0 | missing (no runs) |" in md
     assert "![table_1__mnist_fc](table_1__mnist_fc.png)" in md
@@ -83,8 +84,8 @@ def test_tables(fixture_dirs, tmp_path):
         rows = {(r["row"], r["variant"]): r for r in csv.DictReader(f)}
     dtp = rows[("DTP parallel", "")]
     assert (dtp["n"], dtp["seeds"], dtp["ours_mean"], dtp["ours_std"], dtp["paper_value"], dtp["difference"],
-            dtp["ours_train"], dtp["paper_train"], dtp["diverged"], dtp["failed"]) == \
-        ("2", "1 2", "2.50", "0.71", "2.86", "-0.36", "0.50", "0.44", "1", "0")
+            dtp["ours_train"], dtp["paper_train"], dtp["diverged"], dtp["failed"], dtp["unfinished"]) == \
+        ("2", "1 2", "2.50", "0.71", "2.86", "-0.36", "0.50", "0.44", "1", "0", "1")
     assert rows[("FA", "")]["status"] == "missing (no runs)"
     with open(out / "shibuya2023" / "table_test_error.csv") as f:
         fw = {r["variant"]: r for r in csv.DictReader(f)}
