@@ -22,7 +22,13 @@ done
 # 2) The paper's budget (100 epochs, 3 seeds) with those values
 $PY train.py -m experiment=shibuya2023/fmnist/dtp_1.1m,shibuya2023/fmnist/dtp_0.5m,shibuya2023/fmnist/fw_dtp,shibuya2023/fmnist/bp \
     seed=1,2,3 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_100ep
-# DRL and L-DRL: reduced epochs (100 epochs x 3 seeds: ~2 h (DRL 0.5M) to ~6 h (L-DRL 1.1M) per row here)
+# DRL at the paper's budget (100 epochs, seeds 1-3): three jobs at once on the two cores, niced;
+# checkpoints on, so a stopped sweep continues by rerunning its command with resume=true
+for w in 0.5m 1.1m; do
+  nice -n 10 $PY train.py -m experiment=shibuya2023/fmnist/drl_$w seed=1,2,3 $JOBLIB hydra.launcher.n_jobs=3 \
+      hydra.sweep.dir=$RUNS/shibuya2023_fmnist_drl_${w}_100ep
+done
+# DRL and L-DRL at reduced epochs (L-DRL at 100 epochs x 3 seeds: ~3.5 / 6 core-hours per row here)
 $PY train.py -m experiment=shibuya2023/fmnist/drl_0.5m,shibuya2023/fmnist/drl_1.1m \
     seed=1,2,3 trainer.epochs=5 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_drl_5ep
 $PY train.py -m experiment=shibuya2023/fmnist/l_drl_0.5m,shibuya2023/fmnist/l_drl_1.1m \
