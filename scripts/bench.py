@@ -191,6 +191,36 @@ def lc_cost(args: argparse.Namespace) -> list[dict]:
     return measure(time_interleaved, torch.device(args.device), warmup=args.warmup, repeats=args.repeats)
 
 
+@section("elementwise_cost", "activations and the noise draw against the matmul of one FC layer "
+                             "(batch 256, widths 164 and 256): where target propagation's time goes on a CPU")
+def elementwise_cost(args: argparse.Namespace) -> list[dict]:
+    # DTP-family algorithms run many small layers per batch, so an activation or a randn that costs as
+    # much as the layer's matmul changes their cost relative to BP from one machine to another
+    device = torch.device(args.device)
+    rows = []
+    for width in (164, 256):
+        h = torch.randn(256, width, device=device)
+        weight = torch.randn(width, width, device=device) / width ** 0.5
+        generator = torch.Generator(device=device).manual_seed(0)
+        ops = {
+            "matmul": lambda: h @ weight,
+            "tanh": lambda: torch.tanh(h),
+            "sigmoid": lambda: torch.sigmoid(h),
+            "relu": lambda: torch.relu(h),
+            "elu": lambda: torch.nn.functional.elu(h),
+            "randn (own generator)": lambda: torch.randn(h.shape, generator=generator, device=device),
+        }
+        calls = 20  # per timed round: one op is too short to time alone
+        variants = {name: (lambda op=op: [op() for _ in range(calls)]) for name, op in ops.items()}
+        times = time_interleaved(variants, device, warmup=args.warmup, repeats=args.repeats)
+        matmul = statistics.median(times["matmul"])
+        for name, seconds in times.items():
+            median = statistics.median(seconds)
+            rows.append({"width": width, "op": name, "microseconds": round(median / calls * 1e6, 1),
+                         "relative to matmul": round(median / matmul, 2)})
+    return rows
+
+
 # ---------------------------------------------------------------- output
 def markdown_table(rows: list[dict]) -> str:
     columns: list[str] = []
