@@ -191,6 +191,11 @@ def lc_cost(args: argparse.Namespace) -> list[dict]:
     return measure(time_interleaved, torch.device(args.device), warmup=args.warmup, repeats=args.repeats)
 
 
+def _repeat(op: Callable[[], object], calls: int) -> None:
+    for _ in range(calls):
+        op()  # the result is dropped at once, as a temporary in a training step would be
+
+
 @section("elementwise_cost", "activations and the noise draw against the matmul of one FC layer "
                              "(batch 256, widths 164 and 256): where target propagation's time goes on a CPU")
 def elementwise_cost(args: argparse.Namespace) -> list[dict]:
@@ -211,7 +216,7 @@ def elementwise_cost(args: argparse.Namespace) -> list[dict]:
             "randn (own generator)": lambda: torch.randn(h.shape, generator=generator, device=device),
         }
         calls = 20  # per timed round: one op is too short to time alone
-        variants = {name: (lambda op=op: [op() for _ in range(calls)]) for name, op in ops.items()}
+        variants = {name: (lambda op=op: _repeat(op, calls)) for name, op in ops.items()}
         times = time_interleaved(variants, device, warmup=args.warmup, repeats=args.repeats)
         matmul = statistics.median(times["matmul"])
         for name, seconds in times.items():
