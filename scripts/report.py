@@ -236,8 +236,9 @@ def outcome_counts(runs: list[Run]) -> tuple[int, int, int]:
     """(diverged, failed, unfinished) runs. ``running`` is what a summary says until the run ends, so
     it is a run in progress (or one killed without a chance to write ``failed``), not a failure."""
     diverged = sum(r.status == "diverged" for r in runs)
+    failed = sum(r.status not in ("completed", "diverged", "running") for r in runs)
     unfinished = sum(r.status == "running" for r in runs)
-    return diverged, sum(r.status not in ("completed", "diverged") for r in runs) - unfinished, unfinished
+    return diverged, failed, unfinished
 
 
 def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
