@@ -62,14 +62,37 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+# what may legitimately change when a run is resumed: its length, its display and logging, and
+# where the data files live (a resumed SLURM job may read them from another node's scratch disk)
+RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "logger", "dataset.root", "dataset.download")
+
+
 def _config_fingerprint(cfg) -> dict:
-    """The config minus what may legitimately change on resume."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("resume", None)
-    container.get("trainer", {}).pop("epochs", None)
-    container.get("trainer", {}).pop("progress", None)
-    container.pop("logger", None)
-    return container
+    """The resolved config as a flat {dotted key: value} dict, minus what may change on resume.
+    Applied to a checkpoint's stored fingerprint as well, so checkpoints written while the list
+    was shorter still resume."""
+    if not isinstance(cfg, dict):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    flat: dict = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if dotted in RESUME_MAY_CHANGE:
+                continue
+            if isinstance(value, dict) and value:
+                walk(value, dotted + ".")
+            else:
+                flat[dotted] = value
+
+    walk(cfg, "")
+    return flat
+
+
+def _config_changes(stored: str, cfg) -> list[str]:
+    """The dotted keys whose values differ between a checkpoint's config (JSON) and ``cfg``."""
+    old, new = _config_fingerprint(json.loads(stored)), _config_fingerprint(cfg)  # idempotent on flat dicts
+    return sorted(k for k in old.keys() | new.keys() if old.get(k, "<missing>") != new.get(k, "<missing>"))
 
 
 class Trainer:
@@ -131,9 +154,11 @@ class Trainer:
         except Exception as exc:
             raise ConfigError(f"resume: {path} cannot be read ({exc.__class__.__name__}); delete it "
                               f"or set resume=false") from exc
-        if state["config"] != json.dumps(_config_fingerprint(self.cfg), sort_keys=True):
-            raise ConfigError(f"resume: {path} was written by a different configuration; use a new "
-                              f"output directory or the same overrides as the original run")
+        changed = _config_changes(state["config"], self.cfg)
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise ConfigError(f"resume: {path} was written by a different configuration ({shown} differ); "
+                              f"use a new output directory or the same overrides as the original run")
         self.algorithm.load_training_state(state["algorithm"])
         torch.set_rng_state(state["rng_cpu"].cpu())
         if state["rng_cuda"]:

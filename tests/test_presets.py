@@ -155,3 +155,5 @@ def test_resuming_a_sweep_finds_the_same_job_directories():
 
     assert job_dirname([]) == "seed=2"
     assert job_dirname(["resume=true", "trainer.checkpoint=true", "trainer.device=cpu"]) == "seed=2"
+    # nor where the data lives or where metrics are logged (a resume on another node or with W&B)
+    assert job_dirname(["dataset.root=/scratch/data", "dataset.download=false", "logger=wandb"]) == "seed=2"

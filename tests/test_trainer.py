@@ -4,16 +4,18 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from conftest import read_metrics, run_config, tiny_overrides
 
 from dtp_bench import run as run_module
 from dtp_bench.data import DeviceData
 from dtp_bench.run import FAILED_OBJECTIVE
-from dtp_bench.trainer import CHECKPOINT, SUMMARY, Trainer
+from dtp_bench.trainer import CHECKPOINT, SUMMARY, Trainer, _config_changes
 
 ROW_FIELDS = {"epoch", "train_loss", "train_error", "test_error", "test_top5_error", "epoch_seconds",
               "examples_per_second", "lr_forward"}
@@ -135,7 +137,27 @@ def test_resume_refuses_another_config(data_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_config(overrides + ["resume=true", "algorithm.optimizer.lr=0.1"], tmp_path)
     assert exc.value.code != 0
-    assert "different configuration" in capsys.readouterr().err
+    assert "different configuration (algorithm.optimizer.lr differ)" in capsys.readouterr().err
+
+
+def test_resume_may_read_the_data_from_elsewhere(data_root, tmp_path):
+    # a resumed cluster job may find its data on another node's scratch disk
+    overrides = tiny_overrides(data_root, epochs=1)
+    run_config(overrides, tmp_path / "run")
+    moved = tmp_path / "moved_data"
+    shutil.copytree(data_root, moved)
+    resumed = tiny_overrides(moved, epochs=2) + ["resume=true"]
+    run_config(resumed, tmp_path / "run")
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+
+
+def test_checkpoints_of_the_nested_fingerprint_format_still_resume():
+    # checkpoints written before the fingerprint was flattened stored the nested config
+    cfg = OmegaConf.create({"seed": 1, "resume": True, "trainer": {"epochs": 5, "batch_size": 8},
+                            "dataset": {"name": "fmnist", "root": "/a"}})
+    nested = json.dumps({"seed": 1, "trainer": {"batch_size": 8}, "dataset": {"name": "fmnist", "root": "/b"}})
+    assert _config_changes(nested, cfg) == []
+    assert _config_changes(nested, OmegaConf.merge(cfg, {"trainer": {"batch_size": 4}})) == ["trainer.batch_size"]
 
 
 class _RunsCode:
