@@ -64,6 +64,9 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+# folders under the root searched for those files: torchvision's layout, then a flat folder
+# named after the dataset (what the official zips unpack to, renamed)
+IDX_FOLDERS = {"mnist": ("MNIST/raw", "mnist"), "fmnist": ("FashionMNIST/raw", "fashion-mnist", "fmnist")}
 
 
 def default_root() -> Path:
@@ -191,11 +194,12 @@ def _load_pickled(folder: Path, train: list[str], test: list[str], label_key: st
 # ---------------------------------------------------------------- per-dataset readers
 def _read(name: str, root: Path) -> Optional[dict]:
     """Return {'train': (images uint8 NCHW, labels), 'test': ...} or None when files are absent."""
+    # MNIST and Fashion-MNIST files have the same names, so each is looked for only in folders
+    # named after it: a flat root holding one of them must never be read as the other
     if name == "mnist":
-        return _load_idx_dataset([root / "MNIST" / "raw", root / "mnist", root])
+        return _load_idx_dataset([root / folder for folder in IDX_FOLDERS["mnist"]])
     if name == "fmnist":
-        return _load_idx_dataset([root / "FashionMNIST" / "raw", root / "fashion-mnist", root,
-                                  FMNIST_SYSTEM_DIR])
+        return _load_idx_dataset([root / folder for folder in IDX_FOLDERS["fmnist"]] + [FMNIST_SYSTEM_DIR])
     if name == "cifar10":
         return _load_pickled(root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                              ["test_batch"], "labels")
@@ -213,8 +217,7 @@ def _read(name: str, root: Path) -> Optional[dict]:
 
 def _expected_files(name: str, root: Path) -> str:
     if name in ("mnist", "fmnist"):
-        sub = "MNIST" if name == "mnist" else "FashionMNIST"
-        where = f"{root}/{sub}/raw/ or {root}/"
+        where = " or ".join(f"{root}/{folder}/" for folder in IDX_FOLDERS[name])
         if name == "fmnist":
             where += f" or {FMNIST_SYSTEM_DIR}/"
         return f"{', '.join(IDX_FILES.values())} (.gz or unpacked) in {where}"
@@ -254,8 +257,8 @@ def read_dataset(name: str, root: str, download: bool) -> dict:
         download_error = "" if download else " (dataset.download=false)"
     if found is None:
         raise DataError(f"dataset {name!r} not found: expected {_expected_files(name, root_path)}"
-                        f"{download_error}. Get it with {SPECS[name].how_to_get}, or point "
-                        f"dataset.root=... (or $DTP_BENCH_DATA) at the folder that holds it.")
+                        f"{download_error}. Get it with {SPECS[name].how_to_get}, or set dataset.root=... "
+                        f"(or $DTP_BENCH_DATA) so that one of those paths exists.")
     spec = SPECS[name]
     for split, (images, labels) in found.items():
         if images.shape[1:] != (spec.channels, spec.size, spec.size):

@@ -12,6 +12,7 @@ from conftest import (N_TEST, N_TRAIN, write_cifar10, write_cifar100, write_idx,
                       write_imagenet32)
 
 from dtp_bench.config import AugmentConfig, DatasetConfig
+from dtp_bench import data as data_module
 from dtp_bench.data import DataError, DeviceData, augment_batch, load_pickle, read_dataset
 
 
@@ -29,8 +30,8 @@ def _check_split(got, expected, channels: int) -> None:
 @pytest.mark.parametrize("name,subdir", [
     ("mnist", "MNIST/raw"),  # torchvision's layout
     ("fmnist", "FashionMNIST/raw"),
-    ("mnist", ""),  # a flat folder (what the zips unpack to)
-    ("fmnist", ""),
+    ("mnist", "mnist"),  # a flat folder named after the dataset
+    ("fmnist", "fmnist"),
     ("fmnist", "fashion-mnist"),  # Debian's package name
 ])
 def test_idx_layouts(tmp_path, name, subdir, gz):
@@ -46,8 +47,9 @@ def _idx_stem(name: str, gz: bool) -> str:
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
 def test_truncated_idx_is_named(tmp_path, gz):
-    write_idx_dataset(tmp_path, gz=gz)
-    path = tmp_path / _idx_stem("train-images-idx3-ubyte", gz)
+    folder = tmp_path / "mnist"
+    write_idx_dataset(folder, gz=gz)
+    path = folder / _idx_stem("train-images-idx3-ubyte", gz)
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match="train-images-idx3-ubyte") as err:
@@ -56,22 +58,39 @@ def test_truncated_idx_is_named(tmp_path, gz):
 
 
 def test_idx_bad_magic_and_wrong_count(tmp_path):
-    write_idx_dataset(tmp_path, gz=False)
-    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04 not an idx file")
+    folder = tmp_path / "mnist"
+    write_idx_dataset(folder, gz=False)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04 not an idx file")
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.*magic"):
         read_dataset("mnist", str(tmp_path), False)
     # images and labels of different lengths
-    other = tmp_path / "other"
+    other_root = tmp_path / "other"
+    other = other_root / "mnist"
     write_idx_dataset(other, gz=False)
     write_idx(other / "t10k-labels-idx1-ubyte", np.zeros(N_TEST + 3, np.uint8))
     with pytest.raises(DataError, match="do not match"):
-        read_dataset("mnist", str(other), False)
+        read_dataset("mnist", str(other_root), False)
 
 
 def test_idx_labels_out_of_range(tmp_path):
-    write_idx_dataset(tmp_path, gz=False)
-    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(N_TEST, 10, np.uint8))
+    folder = tmp_path / "mnist"
+    write_idx_dataset(folder, gz=False)
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.full(N_TEST, 10, np.uint8))
     with pytest.raises(DataError, match="labels outside 0..9"):
+        read_dataset("mnist", str(tmp_path), False)
+
+
+def test_mnist_and_fmnist_never_read_each_other(tmp_path, monkeypatch):
+    # both releases use the same four file names: a flat root or the other's folder must not match
+    monkeypatch.setattr(data_module, "FMNIST_SYSTEM_DIR", tmp_path / "no_system_copy")
+    write_idx_dataset(tmp_path, gz=True)
+    write_idx_dataset(tmp_path / "mnist", gz=True)
+    with pytest.raises(DataError, match="FashionMNIST/raw"):
+        read_dataset("fmnist", str(tmp_path), False)
+    write_idx_dataset(tmp_path / "FashionMNIST" / "raw", gz=True)
+    write_idx_dataset(tmp_path / "fashion-mnist", gz=True)
+    (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="MNIST/raw"):
         read_dataset("mnist", str(tmp_path), False)
 
 
@@ -225,8 +244,9 @@ def test_augmentation_keeps_shape_and_dtype(data_root):
 
 
 def test_corrupt_gzip_stream(tmp_path):
-    write_idx_dataset(tmp_path, gz=True)
-    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    folder = tmp_path / "mnist"
+    write_idx_dataset(folder, gz=True)
+    path = folder / "t10k-images-idx3-ubyte.gz"
     raw = bytearray(path.read_bytes())
     raw[12:60] = bytes(b ^ 0x5A for b in raw[12:60])  # scramble the deflate stream
     path.write_bytes(bytes(raw))
@@ -235,8 +255,9 @@ def test_corrupt_gzip_stream(tmp_path):
 
 
 def test_gzip_of_garbage(tmp_path):
-    write_idx_dataset(tmp_path, gz=True)
-    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    folder = tmp_path / "mnist"
+    write_idx_dataset(folder, gz=True)
+    path = folder / "train-labels-idx1-ubyte.gz"
     path.write_bytes(gzip.compress(b"")[:5])
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
         read_dataset("mnist", str(tmp_path), False)
