@@ -231,6 +231,19 @@ class Cell:
     def key(self):
         return tuple(str(self.ref.get(k, "")) for k in REF_KEYS) + (self.variant,)
 
+    def completed(self) -> list[Run]:
+        """The completed runs, one per seed, ordered by seed. Of several runs with one seed (a sweep
+        run twice into new folders, or two copies passed to --runs) the last by path is kept, and
+        ``repeated_seeds`` names them, so n and the std never count a seed twice."""
+        kept: dict = {}
+        for run in sorted((r for r in self.runs if r.status == "completed"), key=lambda r: str(r.path)):
+            kept[run.path if run.seed is None else run.seed] = run
+        return sorted(kept.values(), key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
+
+    def repeated_seeds(self) -> list:
+        seeds = [r.seed for r in self.runs if r.status == "completed" and r.seed is not None]
+        return sorted({s for s in seeds if seeds.count(s) > 1})
+
 
 def outcome_counts(runs: list[Run]) -> tuple[int, int, int]:
     """(diverged, failed, unfinished) runs. ``running`` is what a summary says until the run ends, so
@@ -243,7 +256,7 @@ def outcome_counts(runs: list[Run]) -> tuple[int, int, int]:
 
 def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
     ref, metric = cell.ref, cell.ref.get("metric", "test_error")
-    done = sorted((r for r in cell.runs if r.status == "completed"), key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
+    done = cell.completed()
     values = [v for v in (metric_value(r, metric) for r in done) if v is not None]
     trains = [v for v in (train_value(r, metric) for r in done) if v is not None]
     mean, std = mean_std(values)
@@ -267,6 +280,9 @@ def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
         status = "ok"
     if unfinished:
         status += f"; {unfinished} unfinished (running, or killed)"
+    repeated = cell.repeated_seeds()
+    if repeated:
+        status += f"; seed {', '.join(map(str, repeated))} ran more than once (the last folder by path is used)"
     seeds = " ".join(str(r.seed) for r in done)
     digits = 3 if metric == "epoch_seconds" else 2
     csv_row = [str(ref.get("paper", "")), str(ref.get("table", "")), str(ref.get("row", "")),
@@ -343,6 +359,19 @@ def save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
+def mean_curve(cell: Cell) -> tuple[list[int], list[float], int]:
+    """(epochs, mean test error, n) over the runs the table counts: an unfinished or diverged run
+    would cut or bend the curve. Each epoch is the mean over the runs that reached it."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in cell.completed():
+        for row in run.metrics:
+            if row.get("test_error") is not None:
+                by_epoch.setdefault(row["epoch"], []).append(row["test_error"])
+    epochs = sorted(by_epoch)
+    n = max((len(v) for v in by_epoch.values()), default=0)
+    return epochs, [statistics.fmean(by_epoch[e]) for e in epochs], n
+
+
 def learning_curves(cells: list[Cell], title: str, path: Path) -> bool:
     metric = cells[0].ref.get("metric", "test_error")
     accuracy = is_accuracy(metric)
@@ -350,18 +379,13 @@ def learning_curves(cells: list[Cell], title: str, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = 0
     for cell in sorted(cells, key=lambda c: c.key()):
-        curves = [[(r["epoch"], r.get("test_error")) for r in run.metrics if r.get("test_error") is not None]
-                  for run in cell.runs if run.metrics]
-        curves = [c for c in curves if c]
-        if not curves:
+        epochs, mean, n = mean_curve(cell)
+        if not epochs:
             continue
-        length = min(len(c) for c in curves)
-        epochs = [c[0] for c in curves[0][:length]]
-        mean = [statistics.fmean(c[i][1] for c in curves) for i in range(length)]
         if accuracy:
             mean = [100.0 - m for m in mean]
-        label = str(cell.ref.get("row", "")) + (f" [{cell.variant}]" if cell.variant else "") + f" (n={len(curves)})"
-        ax.plot(epochs, mean, label=label, marker="." if length < 30 else None)
+        label = str(cell.ref.get("row", "")) + (f" [{cell.variant}]" if cell.variant else "") + f" (n={n})"
+        ax.plot(epochs, mean, label=label, marker="." if len(epochs) < 30 else None)
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -379,8 +403,8 @@ def histograms(cells: list[Cell], title: str, path: Path) -> bool:
     plt = _pyplot()
     by_row: dict[str, list[float]] = {}
     for cell in cells:
-        for run in cell.runs:
-            if run.status == "completed" and run.summary.get("best_test_error") is not None:
+        for run in cell.completed():
+            if run.summary.get("best_test_error") is not None:
                 by_row.setdefault(str(cell.ref.get("row", "")), []).append(100.0 - run.summary["best_test_error"])
     if not by_row:
         return False
@@ -401,7 +425,7 @@ def histograms(cells: list[Cell], title: str, path: Path) -> bool:
 def cost_chart(cells: list[Cell], title: str, path: Path) -> bool:
     seconds = {}
     for cell in cells:
-        values = [v for v in (metric_value(r, "epoch_seconds") for r in cell.runs if r.status == "completed") if v]
+        values = [v for v in (metric_value(r, "epoch_seconds") for r in cell.completed()) if v]
         if values:
             seconds[str(cell.ref.get("row", ""))] = statistics.fmean(values)
     if not seconds:
@@ -432,6 +456,8 @@ def sensitivity_map(cells: list[Cell], title: str, path: Path) -> bool:
         for run in cell.runs:
             beta, lr = _override_value(run, "algorithm.target_step"), _override_value(run, "algorithm.optimizer.lr")
             if beta is None or lr is None:
+                continue
+            if run.status == "running":  # in progress: neither a result nor a failure
                 continue
             error = run.summary.get("final_test_error") if run.status == "completed" else 100.0
             grid.setdefault((beta, lr), []).append(100.0 if error is None else error)
@@ -479,7 +505,7 @@ def sweep_plot(cells: list[Cell], title: str, path: Path) -> bool:
     """Final metric against the swept value, one line per row (method) and other swept values."""
     metric = cells[0].ref.get("metric", "test_error")
     runs = [(str(c.ref.get("row", "")), r, dict(o.split("=", 1) for o in r.variant.split() if "=" in o))
-            for c in cells for r in c.runs if r.status == "completed"]
+            for c in cells for r in c.completed()]
     settings = [setting for _, _, setting in runs]
     keys = sorted({k for s in settings for k in s if k != "method"})
     varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]

@@ -102,6 +102,34 @@ def test_tables(fixture_dirs, tmp_path):
     assert (in32["ours_top5"], in32["paper_top5"]) == ("84.00", "82.54")
 
 
+def test_a_seed_run_twice_counts_once(fixture_dirs, tmp_path):
+    # the same sweep run again into a new timestamped folder: seed 1 must not count twice
+    runs, conf = fixture_dirs
+    write_run(runs / "multirun" / "2026-01-02" / "00-00-00" / "0_seed=1", REF_DTP, 1, [1.5, 1.0], [0.5, 0.0])
+    out = tmp_path / "out"
+    load_report().main(["--runs", str(runs), "--out", str(out), "--conf", str(conf)])
+    with open(out / "bartunov2018" / "table_1.csv") as f:
+        dtp = next(r for r in csv.DictReader(f) if r["row"] == "DTP parallel")
+    assert (dtp["n"], dtp["seeds"], dtp["ours_mean"]) == ("2", "1 2", "2.00")  # seed 1: the later folder's 1.0
+    assert "seed 1 ran more than once" in dtp["status"]
+
+
+def test_learning_curve_uses_the_runs_the_table_counts(fixture_dirs):
+    # seeds 1 and 2 completed (3 and 2 epochs); seed 3 diverged and seed 4 is still running
+    runs, _ = fixture_dirs
+    report = load_report()
+    (cell,) = [c for c in report.build_cells(report.find_runs([runs]), []).values() if c.ref["row"] == "DTP parallel"]
+    assert report.mean_curve(cell) == ([1, 2, 3], [3.5, 2.5, 2.5], 2)
+
+
+def test_sensitivity_map_skips_runs_in_progress(tmp_path):
+    report = load_report()
+    write_run(tmp_path / "r", REF_FW, 0, [12.0], [11.0], status="running",
+              overrides=("algorithm.target_step=0.5", "algorithm.optimizer.lr=0.1"))
+    cells = list(report.build_cells(report.find_runs([tmp_path]), []).values())
+    assert not report.sensitivity_map(cells, "t", tmp_path / "map.png")  # nothing to draw, not a 100 % square
+
+
 def test_idempotent(fixture_dirs, tmp_path):
     runs, conf = fixture_dirs
     report = load_report()
