@@ -64,8 +64,9 @@ class Run:
             key = o.split("=", 1)[0].lstrip("+~")
             if key.split("@")[0].startswith("experiment") and key.endswith("method@_global_"):
                 kept.append("method=" + o.split("=", 1)[1])  # the investigation's method group
-            elif not (key in IGNORED_OVERRIDES or key.startswith("hydra") or key.startswith("experiment")):
-                kept.append(o)
+            elif not (any(key == k or key.startswith(k + ".") for k in IGNORED_OVERRIDES)
+                      or key.startswith("hydra") or key.startswith("experiment")):
+                kept.append(key + "=" + o.split("=", 1)[1] if "=" in o else o)  # ++k=v is the variant k=v
         return " ".join(sorted(kept))
 
 
@@ -305,11 +306,15 @@ def _without(items: list[str], index: int) -> list[str]:
 
 
 def build_cells(runs: list[Run], presets: list[Preset]) -> dict[tuple, Cell]:
+    # the paper's numbers come from today's preset when one names the cell: a value corrected after
+    # the runs were made must not stay wrong in the table (each run keeps its own copy)
+    current = {Cell(p.reference, "").key()[:-1]: p.reference for p in presets}
     cells: dict[tuple, Cell] = {}
     for run in runs:
         if not run.reference.get("paper"):
             continue
-        cell = Cell(run.reference, run.variant)
+        ref_key = Cell(run.reference, "").key()[:-1]
+        cell = Cell(current.get(ref_key, run.reference), run.variant)
         cells.setdefault(cell.key(), cell).runs.append(run)
     for preset in presets:  # preset cells nobody ran are listed as missing
         if preset.sweep:

@@ -114,6 +114,19 @@ def test_a_seed_run_twice_counts_once(fixture_dirs, tmp_path):
     assert "seed 1 ran more than once" in dtp["status"]
 
 
+def test_the_paper_value_comes_from_the_current_preset(fixture_dirs, tmp_path):
+    # a value corrected in the preset after the runs were made (the runs keep the old 2.86)
+    runs, conf = fixture_dirs
+    corrected = {**REF_DTP, "value": 2.66}
+    (conf / "experiment" / "bartunov2018" / "mnist_fc" / "dtp_parallel.yaml").write_text(
+        "# @package _global_\n" + json.dumps({"reference": corrected}) + "\n")
+    out = tmp_path / "out"
+    load_report().main(["--runs", str(runs), "--out", str(out), "--conf", str(conf)])
+    with open(out / "bartunov2018" / "table_1.csv") as f:
+        dtp = [r for r in csv.DictReader(f) if r["row"] == "DTP parallel"]
+    assert [(r["n"], r["paper_value"], r["difference"]) for r in dtp] == [("2", "2.66", "-0.16")]
+
+
 def test_learning_curve_uses_the_runs_the_table_counts(fixture_dirs):
     # seeds 1 and 2 completed (3 and 2 epochs); seed 3 diverged and seed 4 is still running
     runs, _ = fixture_dirs
@@ -140,6 +153,14 @@ def test_idempotent(fixture_dirs, tmp_path):
                         for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
     assert outputs[0] == outputs[1]
     assert any(p.suffix == ".png" for p in outputs[0])
+
+
+def test_variant_ignores_settings_that_do_not_change_the_result(tmp_path):
+    report = load_report()
+    write_run(tmp_path / "r", REF_FW, 0, [12.0], [11.0],
+              overrides=("logger=wandb", "logger.mode=online", "++trainer.epochs=5", "dataset.root=/x"))
+    (run,) = report.find_runs([tmp_path])
+    assert run.variant == "trainer.epochs=5"
 
 
 def test_metric_conversions():
