@@ -284,7 +284,7 @@ def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
     repeated = cell.repeated_seeds()
     if repeated:
         status += f"; seed {', '.join(map(str, repeated))} ran more than once (the last folder by path is used)"
-    seeds = " ".join(str(r.seed) for r in done)
+    seeds = " ".join(str(r.seed) for r in done if metric_value(r, metric) is not None)  # the n counted
     digits = 3 if metric == "epoch_seconds" else 2
     csv_row = [str(ref.get("paper", "")), str(ref.get("table", "")), str(ref.get("row", "")),
                str(ref.get("column", "")), cell.variant, metric, str(len(values)), seeds, fmt(mean, digits),
@@ -325,14 +325,19 @@ def build_cells(runs: list[Run], presets: list[Preset]) -> dict[tuple, Cell]:
 
 
 def search_rows(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
-    """Per searched (row, column): trials, the trial with the lowest final validation error, its test error."""
+    """Per searched (row, column) and sweep folder: trials, the trial with the lowest final validation
+    error, its test error. Two searches of one cell (another budget, a rerun) stay two rows: a
+    trial is only ever chosen against the trials of its own search."""
     groups: dict[tuple, list[Run]] = {}
     refs: dict[tuple, dict] = {}
     for cell in cells:
-        key = (str(cell.ref.get("row", "")), str(cell.ref.get("column", "")))
-        groups.setdefault(key, []).extend(cell.runs)
-        refs[key] = cell.ref
-    header = ["row", "column", "trials", "completed", "diverged / failed", "chosen on validation (sweep #job)",
+        cell_key = (str(cell.ref.get("row", "")), str(cell.ref.get("column", "")))
+        refs[cell_key] = cell.ref
+        for run in cell.runs:
+            groups.setdefault(cell_key + (str(run.path.parent),), []).append(run)
+    for cell_key in set(refs) - {key[:2] for key in groups}:
+        groups[cell_key + ("",)] = []  # a search preset nobody ran
+    header = ["row", "column", "sweep", "trials", "completed", "diverged / failed", "chosen on validation (#job)",
               "val error", "its final test error", "paper", "chosen overrides"]
     rows = []
     for key in sorted(groups):
@@ -340,11 +345,11 @@ def search_rows(cells: list[Cell]) -> tuple[list[str], list[list[str]]]:
         done = [r for r in trials if r.status == "completed" and r.summary.get("final_val_error") is not None]
         chosen = min(done, key=lambda r: (r.summary["final_val_error"], str(r.path))) if done else None
         diverged, failed, _ = outcome_counts(trials)
-        rows.append([key[0], key[1], str(len(trials)), str(len(done)), f"{diverged} / {failed}",
-                     f"{chosen.path.parent.name} #{chosen.path.name.split('_', 1)[0]}" if chosen else "—",
+        rows.append([key[0], key[1], Path(key[2]).name if key[2] else "—", str(len(trials)), str(len(done)),
+                     f"{diverged} / {failed}", f"#{chosen.path.name.split('_', 1)[0]}" if chosen else "—",
                      fmt(chosen.summary["final_val_error"]) if chosen else "",
                      fmt(chosen.summary.get("final_test_error")) if chosen else "",
-                     fmt(refs[key].get("value")), chosen.variant if chosen else ""])
+                     fmt(refs[key[:2]].get("value")), chosen.variant if chosen else ""])
     return header, rows
 
 

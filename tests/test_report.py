@@ -214,7 +214,14 @@ def test_search_table_chooses_on_validation(tmp_path):
         (sweep / f"{job}_algorithm.optimizer.lr={job}" / "summary.json").write_text(json.dumps(summary))
     write_run(sweep / "2_algorithm.optimizer.lr=2", ref, 0, [None], [float("nan")], status="diverged",
               overrides=("algorithm.optimizer.lr=2",))
+    # a second search of the same cell at another budget: its own row, never chosen against the first
+    longer = tmp_path / "runs" / "search_bp_30ep" / "0_algorithm.optimizer.lr=5"
+    write_run(longer, ref, 0, [9.0], [4.0], overrides=("algorithm.optimizer.lr=5", "trainer.epochs=30"))
+    summary = json.loads((longer / "summary.json").read_text())
+    (longer / "summary.json").write_text(json.dumps({**summary, "final_val_error": 9.5}))
     out = tmp_path / "out"
     load_report().main(["--runs", str(tmp_path / "runs"), "--out", str(out), "--conf", str(tmp_path / "none")])
     md = (out / "shibuya2023" / "search_f_mnist.md").read_text()
-    assert "| BP | F-MNIST | 3 | 2 | 1 / 0 | search_bp #0 | 11.00 | 12.00 | 10.42 | algorithm.optimizer.lr=0 |" in md
+    assert "| BP | F-MNIST | search_bp | 3 | 2 | 1 / 0 | #0 | 11.00 | 12.00 | 10.42 | algorithm.optimizer.lr=0 |" in md
+    assert ("| BP | F-MNIST | search_bp_30ep | 1 | 1 | 0 / 0 | #0 | 9.50 | 9.00 | 10.42 | "
+            "algorithm.optimizer.lr=5 trainer.epochs=30 |") in md
