@@ -495,7 +495,8 @@ def sensitivity_map(cells: list[Cell], title: str, path: Path) -> bool:
 
 def _swept_x(values: list[str]) -> tuple[list, str]:
     """Plot positions for the swept values: numbers as numbers; for lists of layer sizes the length
-    (depth) if lengths differ, else the first size (width); anything else in the given order."""
+    (depth) if it tells them apart, else the first size (width) if that does; anything else (and
+    lists neither tells apart) in the given order."""
     import ast
 
     try:
@@ -505,9 +506,12 @@ def _swept_x(values: list[str]) -> tuple[list, str]:
     if all(isinstance(p, (int, float)) for p in parsed):
         return parsed, "numeric"
     if all(isinstance(p, list) and p for p in parsed):
-        if len({len(p) for p in parsed}) > 1:
-            return [len(p) for p in parsed], "length of"
-        return [p[0] for p in parsed], "first value of"
+        distinct = len({tuple(p) for p in parsed})
+        # only a summary that tells every swept list apart; else two settings would share a point
+        for summary, label in ((len, "length of"), (lambda p: p[0], "first value of")):
+            positions = [summary(p) for p in parsed]
+            if len(set(positions)) == distinct and (distinct > 1 or label == "first value of"):
+                return positions, label
     return list(values), "categorical"
 
 

@@ -180,6 +180,9 @@ def test_swept_values_become_plot_positions():
     assert swept_x(["[20]", "[100]"]) == ([20, 100], "first value of")
     assert swept_x(["0.1", "3"]) == ([0.1, 3], "numeric")
     assert swept_x(["relu", "tanh"]) == (["relu", "tanh"], "categorical")
+    # neither the length nor the first size tells these apart: one point each, in order
+    assert swept_x(["[200,100]", "[200,50]", "[200,50]"]) == (["[200,100]", "[200,50]", "[200,50]"], "categorical")
+    assert swept_x(["[100,100]", "[200]", "[300]"]) == ([100, 200, 300], "first value of")
 
 
 def test_investigation_sweep_figure(tmp_path):
