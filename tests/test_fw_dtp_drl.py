@@ -57,6 +57,20 @@ def test_fw_dtp_batch_norm_variant_normalises_inside_feedback_and_targets():
     assert torch.isfinite(loss)
 
 
+def test_batch_normalised_feedback_sees_target_and_activation_batches_apart():
+    # FW-DTP-BN: τ_i = h_i + g̃(τ_{i+1}) − g̃(h_{i+1}), each g̃ normalising over its own batch
+    cfg = composed("algorithm=fw_dtp", "arch.batch_norm=true")
+    net, algo = small(cfg)
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    with torch.no_grad():
+        hs, ctxs = net.activations_ctx(x)
+        targets = algo.targets(hs, ctxs, y)
+        for i in algo.feedback_blocks:
+            g = algo.feedback[str(i)]
+            by_hand = hs[i] + g(targets[i + 1], ctxs[i]) - g(algo.lifted(i, hs[i + 1], hs[i]), ctxs[i])
+            torch.testing.assert_close(targets[i], by_hand)
+
+
 def test_drl_regresses_onto_the_corrupted_activation():
     cfg = composed("algorithm=drl")
     cfg.algorithm.noise = 0.5

@@ -203,8 +203,11 @@ class TargetPropagation(Algorithm):
         ctx = ctxs[i]
         if self.cfg.propagation == "plain":
             return g(target_next, ctx)
+        lifted = self.lifted(i, h_next, h_i)
+        if _mixes_samples(g):  # batch statistics inside g: each term is normalised over its own batch
+            return h_i + g(target_next, ctx) - g(lifted, ctx)
         # one call for both terms: g is applied per sample, so stack target and activation
-        both = g(torch.cat([target_next, self.lifted(i, h_next, h_i)]), _stack_ctx(ctx))
+        both = g(torch.cat([target_next, lifted]), _stack_ctx(ctx))
         return h_i + both[:len(h_i)] - both[len(h_i):]
 
     def targets(self, hs: list[torch.Tensor], ctxs: list[dict], y: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -248,6 +251,11 @@ class TargetPropagation(Algorithm):
             self.train_feedback(x, y, forward)
         optimizer.step()
         return loss, logits
+
+
+def _mixes_samples(module: nn.Module) -> bool:
+    """Whether ``module``'s output for a sample depends on the other samples of its batch."""
+    return any(isinstance(m, (BatchNormNoAffine, nn.modules.batchnorm._BatchNorm)) for m in module.modules())
 
 
 def _stack_ctx(ctx: dict) -> dict:
