@@ -140,8 +140,10 @@ def bart_algorithm(col: str, row: str) -> tuple[list[str], dict, str]:
     notes = []
     if len(vals) > 1:
         _, inv, alpha, sigma = vals
+        # the paper's layer loss is ‖f(h_l) − ĥ_{l+1}‖² (no ½; Lee's code: summed over features, batch
+        # mean), while the algorithms' default is ½‖·‖²
         body = {"schedule": schedule, **({"target_step": alpha} if alpha is not None else {}),
-                "noise": sigma, "optimizer": adam(*vals[0]), "feedback_optimizer": adam(*inv)}
+                "noise": sigma, "local_loss_scale": 1.0, "optimizer": adam(*vals[0]), "feedback_optimizer": adam(*inv)}
     if algo == "ao_sdtp":
         notes.append(f"AO-SDTP has no Table 5 column: these are SDTP {schedule}'s values of the same cell.")
         if col.startswith("mnist"):

@@ -157,3 +157,13 @@ def test_resuming_a_sweep_finds_the_same_job_directories():
     assert job_dirname(["resume=true", "trainer.checkpoint=true", "trainer.device=cpu"]) == "seed=2"
     # nor where the data lives or where metrics are logged (a resume on another node or with W&B)
     assert job_dirname(["dataset.root=/scratch/data", "dataset.download=false", "logger=wandb"]) == "seed=2"
+
+
+@pytest.mark.parametrize("name", ["bartunov2018/mnist_fc/dtp_parallel", "bartunov2018/cifar_lc/sdtp_alternating",
+                                  "bartunov2018/mnist_lc/ao_sdtp_parallel"])
+def test_bartunov_layer_loss_has_no_half(name):
+    # the paper's layer loss is ‖f(h_l) − ĥ_{l+1}‖² (and Lee's code sums it over features, mean over
+    # the batch); the algorithms' own default is ½‖·‖²
+    cfg = compose([f"experiment={name}"])
+    assert (cfg.algorithm.local_loss_scale, cfg.algorithm.local_loss_reduction) == (1.0, "batch_mean")
+    assert compose(["algorithm=dtp"]).algorithm.local_loss_scale == 0.5
