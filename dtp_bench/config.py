@@ -122,7 +122,7 @@ class TrainerConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are already)
 
     def validate(self, key: str = "trainer") -> None:
-        check_positive(self.epochs, f"{key}.epochs", allow_zero=True)
+        check_positive(self.epochs, f"{key}.epochs")
         check_positive(self.batch_size, f"{key}.batch_size")
         check_positive(self.eval_batch_size, f"{key}.eval_batch_size")
         check_choice(self.precision, f"{key}.precision", PRECISIONS)

@@ -369,13 +369,15 @@ class DeviceData:
         d = self.spec.channels * self.spec.size ** 2
         if k > d:
             raise DataError(f"dataset.pca_components={k} exceeds the input dimension {d}")
-        flat = torch.addcmul(self._shift, self.train_x.to(torch.float64), self._scale.double()).flatten(1)
-        self._pca_mean = flat.mean(0, keepdim=True)
+        # in float64 on the CPU (some devices, e.g. MPS, have no float64), once per run
+        flat = torch.addcmul(self._shift.cpu().double(), self.train_x.cpu().double(),
+                             self._scale.cpu().double()).flatten(1)
+        mean = flat.mean(0, keepdim=True)
         # principal axes from the covariance's eigenvectors (d ≤ 3072 keeps this cheap)
-        cov = (flat - self._pca_mean).T @ (flat - self._pca_mean) / (len(flat) - 1)
+        cov = (flat - mean).T @ (flat - mean) / (len(flat) - 1)
         _, vectors = torch.linalg.eigh(cov)
-        self.pca = vectors[:, -k:].flip(1).to(self.dtype).contiguous()
-        self._pca_mean = self._pca_mean.to(self.dtype)
+        self.pca = vectors[:, -k:].flip(1).to(self.device, self.dtype).contiguous()
+        self._pca_mean = mean.to(self.device, self.dtype)
 
     def train_batches(self, batch_size: int, generator: torch.Generator,
                       limit: Optional[int] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -5,6 +5,7 @@ job records ``status: failed`` in its summary.json and returns, so the other job
 """
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -17,6 +18,7 @@ from .config import ConfigError, validate
 from .data import DataError
 from .trainer import SUMMARY, Trainer, write_json_atomic
 
+RESUME_ERROR = "resume_error.json"  # why a later attempt on a completed run failed
 FAILED_OBJECTIVE = 100.0  # error % reported to sweepers for failed or diverged jobs
 
 
@@ -33,6 +35,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     held out, else test error; FAILED_OBJECTIVE for failed or diverged runs)."""
     hydra_dir, choices, multirun = _hydra_context()
     run_dir = Path(run_dir or hydra_dir)
+    finished_before = bool(cfg.get("resume")) and _completed(run_dir)
     trainer = None
     try:
         typed = validate(cfg)
@@ -40,12 +43,16 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
         summary = trainer.fit()
     except (ConfigError, DataError) as exc:
         kind = "config error" if isinstance(exc, ConfigError) else "data error"
-        return _fail(run_dir, choices, f"{kind}: {exc}", multirun, exit_code=2)
+        return _fail(run_dir, choices, f"{kind}: {exc}", multirun, exit_code=2, keep_summary=finished_before)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # a bug or an out-of-memory: keep the traceback, let the sweep go on
         detail = traceback.format_exc()
-        if trainer is not None:
+        nothing_trained = trainer is None or len(trainer.history) == trainer.start_epoch
+        where = run_dir / (RESUME_ERROR if finished_before and nothing_trained else SUMMARY)
+        if where.name == RESUME_ERROR:
+            write_json_atomic(where, {"status": "failed", "error": detail, "choices": choices})
+        elif trainer is not None:
             summary = trainer.write_summary("failed")
             summary["error"] = detail
             write_json_atomic(run_dir / SUMMARY, summary)
@@ -53,22 +60,38 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
             write_json_atomic(run_dir / SUMMARY, {"status": "failed", "error": detail, "choices": choices})
         if not multirun:
             raise
-        print(f"job failed ({exc.__class__.__name__}: {exc}); details in {run_dir / SUMMARY}", file=sys.stderr)
+        print(f"job failed ({exc.__class__.__name__}: {exc}); details in {where}", file=sys.stderr)
         return FAILED_OBJECTIVE
 
     if summary["status"] != "completed":
         print(f"{summary['status']} at epoch {summary['diverged_epoch']}; run directory {run_dir}")
         return FAILED_OBJECTIVE
-    print(f"final test error: {summary['final_test_error']:.2f}% "
-          f"(best {summary['best_test_error']:.2f}%, train {summary['final_train_error']:.2f}%, "
+    print(f"final test error: {_percent(summary['final_test_error'])} "
+          f"(best {_percent(summary['best_test_error'])}, train {_percent(summary['final_train_error'])}, "
           f"{summary['epochs_completed']} epochs, {summary['total_seconds']:.1f} s) — {run_dir}")
     objective = summary["final_val_error"]
     return summary["final_test_error"] if objective is None else objective
 
 
-def _fail(run_dir: Path, choices: dict, message: str, multirun: bool, exit_code: int) -> float:
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
+
+
+def _completed(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds a completed run (a sweep rerun with resume=true)."""
+    try:
+        return json.loads((run_dir / SUMMARY).read_text()).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _fail(run_dir: Path, choices: dict, message: str, multirun: bool, exit_code: int,
+          keep_summary: bool = False) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / SUMMARY, {"status": "failed", "error": message, "choices": choices})
+    # a completed run's results stay in its summary when a later attempt (a resume on a node
+    # without the data, say) fails; the failure goes beside it
+    write_json_atomic(run_dir / (RESUME_ERROR if keep_summary else SUMMARY),
+                      {"status": "failed", "error": message, "choices": choices})
     print(message, file=sys.stderr)
     if not multirun:
         sys.exit(exit_code)

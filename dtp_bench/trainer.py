@@ -35,10 +35,16 @@ DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.float32}
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device: {name!r} requested but CUDA is not available; "
                           f"use trainer.device=cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"trainer.device: {name!r} requested but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s); use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device: 'mps' requested but not available; use trainer.device=cpu")
     return device
@@ -64,13 +70,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 # what may legitimately change when a run is resumed: its length, its display and logging, and
 # where the data files live (a resumed SLURM job may read them from another node's scratch disk)
-RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "logger", "dataset.root", "dataset.download")
+# and the paper's reference numbers and notes, which only label the run
+RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "logger", "dataset.root", "dataset.download",
+                     "reference")
 
 
 def _config_fingerprint(cfg) -> dict:
-    """The resolved config as a flat {dotted key: value} dict, minus what may change on resume.
-    Applied to a checkpoint's stored fingerprint as well, so checkpoints written while the list
-    was shorter still resume."""
+    """The resolved config as a flat {dotted key: value} dict, minus what may change on resume (a
+    listed key and everything under it). Applied to a checkpoint's stored fingerprint as well, so
+    checkpoints written while the list was shorter still resume."""
     if not isinstance(cfg, dict):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     flat: dict = {}
@@ -78,7 +86,7 @@ def _config_fingerprint(cfg) -> dict:
     def walk(node, prefix):
         for key, value in node.items():
             dotted = f"{prefix}{key}"
-            if dotted in RESUME_MAY_CHANGE:
+            if any(dotted == k or dotted.startswith(k + ".") for k in RESUME_MAY_CHANGE):
                 continue
             if isinstance(value, dict) and value:
                 walk(value, dotted + ".")
@@ -102,12 +110,18 @@ class Trainer:
         self.choices = choices or {}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         t = typed.trainer
-        if t.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        # set either way: a sweep's jobs share a process, and must not inherit the setting
+        torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
         self.device = resolve_device(t.device)
+        if self.device.type == "mps" and t.precision == "fp64":
+            raise ConfigError("trainer.precision: MPS has no float64; use fp32 or bf16")
         self.dtype = DTYPES[t.precision]
-        self.autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        # without the weight cache: algorithms update weights inside a training step (feedback
+        # before targets, K feedback iterations), and a cached bf16 copy would hide those updates
+        self.autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=False)
                          if t.precision == "bf16" else contextlib.nullcontext())
+        # metric sums in float64 where the device has it
+        self.accumulate_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         seed_everything(typed.seed)
         self.data = DeviceData(typed.dataset, self.device, self.dtype, t.val_size, typed.seed)
         self.network = build_network(typed.arch, self.data.input_shape, self.data.num_classes)
@@ -133,7 +147,8 @@ class Trainer:
             "step": self.step,
             "algorithm": self.algorithm.training_state(),
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "device_type": self.device.type,
             "rng_data": self.generator.get_state(),
             "config": json.dumps(_config_fingerprint(self.cfg), sort_keys=True),
         }
@@ -154,6 +169,10 @@ class Trainer:
         except Exception as exc:
             raise ConfigError(f"resume: {path} cannot be read ({exc.__class__.__name__}); delete it "
                               f"or set resume=false") from exc
+        saved_device = state.get("device_type", self.device.type)
+        if saved_device != self.device.type:
+            raise ConfigError(f"resume: {path} was written on {saved_device} and this run is on "
+                              f"{self.device.type}; its random-number state cannot move; resume on {saved_device}")
         changed = _config_changes(state["config"], self.cfg)
         if changed:
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
@@ -205,14 +224,19 @@ class Trainer:
 
         return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.typed.trainer.epochs}", leave=False)
 
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def train_epoch(self, epoch: int) -> dict:
         t = self.typed.trainer
         factory = lambda: self.data.train_batches(t.batch_size, self.generator, t.limit_train_batches)  # noqa: E731
         self.algorithm.train()
         start = time.perf_counter()  # feedback-only phases (alternating schedules) count too
-        self.algorithm.before_epoch(epoch, factory)
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        wrong = torch.zeros((), device=self.device, dtype=torch.float64)
+        with self.autocast:
+            self.algorithm.before_epoch(epoch, factory)
+        loss_sum = torch.zeros((), device=self.device, dtype=self.accumulate_dtype)
+        wrong = torch.zeros((), device=self.device, dtype=self.accumulate_dtype)
         n = 0
         bar = self._progress(self.data.batches_per_epoch(t.batch_size, t.limit_train_batches), epoch)
         # diagnostics: every n steps, on the batch about to be trained on, before its update (same
@@ -220,20 +244,21 @@ class Trainer:
         diag_every, measured, diag_seconds = self.typed.diagnostics.every_n_steps, [], 0.0
         for x, y in factory():
             if diag_every and self.step % diag_every == 0:
+                self._synchronize()  # queued training work is training time, not diagnostics time
                 diag_start = time.perf_counter()
                 measured.append(diagnostics.measure(self.algorithm, x, y, self.typed.diagnostics))
+                self._synchronize()
                 diag_seconds += time.perf_counter() - diag_start
             with self.autocast:
                 loss, logits = self.algorithm.train_step(x, y)
             # accumulate on the device: no host synchronisation inside the loop
-            loss_sum += loss.double() * len(y)
+            loss_sum += loss.to(self.accumulate_dtype) * len(y)
             wrong += (logits.argmax(1) != y).sum()
             n += len(y)
             self.step += 1
             if bar is not None:
                 bar.update(1)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self._synchronize()
         seconds = time.perf_counter() - start - diag_seconds  # diagnostics: not training time
         if bar is not None:
             bar.close()
@@ -247,20 +272,19 @@ class Trainer:
 
     def fit(self) -> dict:
         t = self.typed.trainer
-        if self.typed.resume:
-            self.try_resume()
-        else:
-            (self.run_dir / METRICS).write_text("")
+        if not (self.typed.resume and self.try_resume()):
+            (self.run_dir / METRICS).write_text("")  # a fresh start: no rows of an earlier attempt
         self._open_logger()
         self.write_summary("running")
         for epoch in range(self.start_epoch, t.epochs):
             row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
-            if not math.isfinite(row["train_loss"]):
+            # the loss, and the weights: the last update of an epoch may be the one that overflows
+            if not (math.isfinite(row["train_loss"]) and self._parameters_finite()):
                 self.diverged_epoch = epoch + 1
                 row["test_error"] = None
                 self._record(row, checkpoint=False)
-                print(f"diverged: training loss became {row['train_loss']} in epoch {epoch + 1}",
-                      file=sys.stderr)
+                print(f"diverged: training loss {row['train_loss']}, or a non-finite weight, in epoch "
+                      f"{epoch + 1}", file=sys.stderr)
                 return self.write_summary("diverged")
             row["test_error"], top5 = self.evaluate("test")
             if top5 is not None:
@@ -272,6 +296,10 @@ class Trainer:
             self.best_test_error = min(self.best_test_error, row["test_error"])
             self._record(row, checkpoint=t.checkpoint)
         return self.write_summary("completed")
+
+    def _parameters_finite(self) -> bool:
+        params = [p for p in self.algorithm.parameters() if p.is_floating_point()]
+        return bool(torch.stack([p.isfinite().all() for p in params]).all()) if params else True
 
     def _record(self, row: dict, checkpoint: bool) -> None:
         # strict JSON: a non-finite number (a diverged loss) is written as null

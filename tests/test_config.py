@@ -105,6 +105,7 @@ def test_unknown_group_option_lists_the_choices():
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("trainer.batch_size=-8", "trainer.batch_size"),
     ("trainer.epochs=-1", "trainer.epochs"),
+    ("trainer.epochs=0", "trainer.epochs"),
     ("trainer.eval_batch_size=0", "trainer.eval_batch_size"),
     ("trainer.limit_train_batches=0", "trainer.limit_train_batches"),
     ("trainer.precision=fp16", "trainer.precision"),
@@ -116,15 +117,34 @@ def test_unknown_group_option_lists_the_choices():
     ("seed=-1", "seed"),
     ("arch.hidden=[256,0]", "arch.hidden"),
     ("arch.activation=swish", "arch.activation"),
+    ("algorithm=drl algorithm.noise=0", "algorithm.noise"),  # DRL divides by σ²
+    ("algorithm=scaling_dtp algorithm.noise=0", "algorithm.noise"),
+    ("algorithm=tp algorithm.feedback=jacobian_transpose algorithm.propagation=plain", "algorithm.propagation"),
     # '+' adds keys Hydra would otherwise reject; validate() still refuses them
     ("+trainer.foo=1", "trainer.foo"),
     ("+algorithm.optimizer.betas=[0.9]", "algorithm.optimizer.betas"),
 ])
 def test_validate_rejects(override, key):
-    cfg = compose([override])
+    cfg = compose(override.split())
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert str(err.value).startswith(f"{key}:") or key in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["algorithm=bp", "algorithm.optimizer.lr=[0.1,0.2]"], "algorithm.optimizer.lr"),  # per-layer: TP family only
+    (["algorithm=fa", "algorithm.optimizer.lr=[0.1,0.2]"], "algorithm.optimizer.lr"),
+    (["trainer.device=cudafoo"], "trainer.device"),
+])
+def test_rejected_when_the_run_is_built(data_root, tmp_path, overrides, key):
+    from conftest import tiny_overrides
+
+    from dtp_bench.trainer import Trainer
+
+    cfg = compose(tiny_overrides(data_root, epochs=1) + overrides)
+    with pytest.raises(ConfigError) as err:
+        Trainer(cfg, validate(cfg), tmp_path)
+    assert str(err.value).startswith(f"{key}:")
 
 
 # ---------------------------------------------------------------- the command line, end to end

@@ -14,7 +14,7 @@ from conftest import read_metrics, run_config, tiny_overrides
 
 from dtp_bench import run as run_module
 from dtp_bench.data import DeviceData
-from dtp_bench.run import FAILED_OBJECTIVE
+from dtp_bench.run import FAILED_OBJECTIVE, RESUME_ERROR
 from dtp_bench.trainer import CHECKPOINT, SUMMARY, Trainer, _config_changes
 
 ROW_FIELDS = {"epoch", "train_loss", "train_error", "test_error", "test_top5_error", "epoch_seconds",
@@ -126,9 +126,83 @@ def test_resume_equals_an_uninterrupted_run(data_root, tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "resumed" / SUMMARY).read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 3
 
-    # resuming a finished run trains no further; more epochs can be added
-    run_config(overrides + ["resume=true", "trainer.epochs=4"], tmp_path / "resumed")
-    assert [r["epoch"] for r in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
+    # a cosine schedule spans trainer.epochs: adding epochs on resume would make its rate climb back
+    with pytest.raises(SystemExit):
+        run_config(overrides + ["resume=true", "trainer.epochs=4"], tmp_path / "resumed")
+    assert json.loads((tmp_path / "resumed" / SUMMARY).read_text())["status"] == "completed"  # kept
+    assert "cosine schedule was built for 3 epochs" in json.loads((tmp_path / "resumed" / RESUME_ERROR).read_text())["error"]
+
+
+def test_more_epochs_can_be_added_on_resume(data_root, tmp_path):
+    overrides = tiny_overrides(data_root, epochs=2) + ["algorithm.optimizer.schedule=cosine",
+                                                       "algorithm.optimizer.cosine_t_max=4"]
+    run_config(overrides, tmp_path)
+    run_config(overrides + ["resume=true"], tmp_path)  # finished: trains no further
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    run_config(overrides + ["resume=true", "trainer.epochs=3"], tmp_path)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_resume_without_a_checkpoint_starts_afresh(data_root, tmp_path):
+    overrides = tiny_overrides(data_root, epochs=2) + ["trainer.checkpoint=false"]
+    run_config(overrides, tmp_path)
+    run_config(overrides + ["resume=true"], tmp_path)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]  # not the first attempt's rows again
+
+
+def test_a_failed_resume_keeps_the_completed_summary(data_root, tmp_path):
+    overrides = tiny_overrides(data_root, epochs=1)
+    run_config(overrides, tmp_path)
+    before = (tmp_path / SUMMARY).read_text()
+    with pytest.raises(SystemExit):
+        run_config(overrides + ["resume=true", "algorithm.optimizer.lr=0.5"], tmp_path)
+    assert (tmp_path / SUMMARY).read_text() == before
+    assert "different configuration" in json.loads((tmp_path / RESUME_ERROR).read_text())["error"]
+
+
+def test_weights_gone_non_finite_count_as_diverged(data_root, tmp_path, monkeypatch):
+    # the loss of the epoch was finite, but its last update overflowed a weight
+    train_epoch = Trainer.train_epoch
+
+    def then_overflow(self, epoch):
+        row = train_epoch(self, epoch)
+        with torch.no_grad():
+            next(self.network.parameters()).view(-1)[0] = float("inf")
+        return row
+
+    monkeypatch.setattr(Trainer, "train_epoch", then_overflow)
+    run_config(tiny_overrides(data_root, epochs=2), tmp_path)
+    summary = json.loads((tmp_path / SUMMARY).read_text())
+    assert (summary["status"], summary["diverged_epoch"]) == ("diverged", 1)
+
+
+def test_bf16_autocast_sees_weights_updated_inside_a_step(data_root, tmp_path):
+    # feedback updated before targets, K feedback iterations: a weight changed inside one autocast
+    # block must be read anew (autocast's weight cache would keep the stale bf16 copy)
+    trainer = Trainer(*_typed(tiny_overrides(data_root, epochs=1) + ["trainer.precision=bf16"]), tmp_path)
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with trainer.autocast:
+        before = layer(x)
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        after = layer(x)
+    assert not torch.equal(before, after)
+
+
+def test_deterministic_setting_does_not_leak_to_the_next_job(data_root, tmp_path):
+    Trainer(*_typed(tiny_overrides(data_root, epochs=1) + ["trainer.deterministic=true"]), tmp_path / "a")
+    assert torch.are_deterministic_algorithms_enabled()
+    Trainer(*_typed(tiny_overrides(data_root, epochs=1)), tmp_path / "b")
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def _typed(overrides: list[str]):
+    from conftest import compose
+    from dtp_bench.config import validate
+
+    cfg = compose(overrides)
+    return cfg, validate(cfg)
 
 
 def test_resume_refuses_another_config(data_root, tmp_path, capsys):
@@ -158,6 +232,11 @@ def test_checkpoints_of_the_nested_fingerprint_format_still_resume():
     nested = json.dumps({"seed": 1, "trainer": {"batch_size": 8}, "dataset": {"name": "fmnist", "root": "/b"}})
     assert _config_changes(nested, cfg) == []
     assert _config_changes(nested, OmegaConf.merge(cfg, {"trainer": {"batch_size": 4}})) == ["trainer.batch_size"]
+    # a preset's paper value or note corrected after the run started only labels the run
+    flat = json.dumps({"seed": 1, "trainer.batch_size": 8, "dataset.name": "fmnist", "reference.value": 2.86,
+                       "reference.note": "old"})
+    relabelled = OmegaConf.merge(cfg, {"reference": {"value": 2.66, "note": "new"}})
+    assert _config_changes(flat, relabelled) == []
 
 
 class _RunsCode:

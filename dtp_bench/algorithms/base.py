@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..data import BatchFactory
 from ..nn.blocks import Network, count_parameters
 from ..optim import build_optimizer, build_schedule
@@ -59,6 +60,9 @@ class Algorithm(nn.Module):
 
     def forward_optimizer(self, params: Optional[Iterator[nn.Parameter]] = None) -> torch.optim.Optimizer:
         params = list(self.network.parameters() if params is None else params)
+        if not isinstance(self.cfg.optimizer.lr, (int, float)):
+            raise ConfigError(f"algorithm.optimizer.lr: {self.cfg.name} takes one learning rate, got "
+                              f"{self.cfg.optimizer.lr}; per-layer lists are for the target-propagation family")
         return self.add_optimizer("forward", build_optimizer(self.cfg.optimizer, params), self.cfg.optimizer)
 
     # ------------------------------------------------------------ what the trainer calls
@@ -111,6 +115,13 @@ class Algorithm(nn.Module):
                 "schedules": {k: s.state_dict() for k, s in self.schedules.items()}}
 
     def load_training_state(self, state: dict) -> None:
+        for key, schedule in self.schedules.items():
+            saved = state["schedules"][key].get("T_max")
+            if saved is not None and saved != getattr(schedule, "T_max", saved):
+                raise ConfigError(
+                    f"resume: the {key} cosine schedule was built for {saved} epochs and would now span "
+                    f"{schedule.T_max}, so its learning rate would climb back up; keep trainer.epochs={saved}, "
+                    f"or fix the length with algorithm.{'feedback_' if key == 'feedback' else ''}optimizer.cosine_t_max")
         self.load_state_dict(state["modules"])
         for key, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][key])

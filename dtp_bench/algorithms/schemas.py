@@ -112,13 +112,16 @@ class TargetPropConfig(AlgorithmConfig):
         check_positive(self.target_step, f"{key}.target_step")
         check_positive(self.local_loss_scale, f"{key}.local_loss_scale")
         check_positive(self.feedback_init_gain, f"{key}.feedback_init_gain")
-        check_number_or_list(self.noise, f"{key}.noise")
+        # DRL and L-DRL divide by σ² or need the perturbation itself; DTP's inverse loss works without noise
+        check_number_or_list(self.noise, f"{key}.noise", allow_zero=self.name not in ("drl", "scaling_dtp", "l_drl"))
         check_positive(self.feedback_steps, f"{key}.feedback_steps")
         check_positive(self.feedback_pretrain_epochs, f"{key}.feedback_pretrain_epochs", allow_zero=True)
         check_positive(self.extra_feedback_epochs, f"{key}.extra_feedback_epochs", allow_zero=True)
         check_positive(self.aux_output_size, f"{key}.aux_output_size", allow_zero=True)
         check(self.aux_output_size == 0 or self.first_target == "label", f"{key}.aux_output_size",
               "auxiliary outputs are part of AO-SDTP and need first_target=label")
+        check(not (self.propagation == "plain" and self.feedback == "jacobian_transpose"), f"{key}.propagation",
+              "jacobian_transpose sends the difference ĥ − h down (the VJP); use propagation=difference")
         check(not (self.first_target == "label" and self.feedback == "jacobian_transpose"),
               f"{key}.feedback", "jacobian_transpose needs a gradient-based first target")
         self.feedback_optimizer.validate(f"{key}.feedback_optimizer")
