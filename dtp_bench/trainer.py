@@ -13,6 +13,7 @@ import random
 import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,6 +30,7 @@ from .nn.blocks import build_network
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+WANDB_ID = "wandb_id.txt"  # the W&B run id, so a resume logs to the same W&B run
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.float32}
 
 
@@ -318,9 +320,13 @@ class Trainer:
             return
         import wandb  # optional at run time; installed as a dependency
 
+        # one W&B run per run directory: a resumed run continues it instead of starting another
+        id_file = self.run_dir / WANDB_ID
+        run_id = id_file.read_text().strip() if self.typed.resume and id_file.exists() else uuid.uuid4().hex[:16]
+        id_file.write_text(run_id + "\n")
         self.logger = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, tags=list(cfg.tags),
                                  dir=str(self.run_dir), config=OmegaConf.to_container(self.cfg, resolve=True),
-                                 resume="allow" if self.typed.resume else None)
+                                 id=run_id, resume="allow")
 
     # ------------------------------------------------------------ summary
     def write_summary(self, status: str) -> dict:

@@ -5,6 +5,7 @@ import contextlib
 import json
 import math
 import shutil
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -312,3 +313,25 @@ def test_crash_in_a_sweep_is_recorded_and_the_sweep_goes_on(data_root, tmp_path,
     summary = json.loads((tmp_path / "job" / SUMMARY).read_text())
     assert summary["status"] == "failed" and "simulated bug" in summary["error"]
 
+
+
+def test_a_resumed_run_logs_to_the_same_wandb_run(data_root, tmp_path, monkeypatch):
+    calls = []
+
+    class FakeRun:
+        summary: dict = {}
+
+        def log(self, row, step):
+            pass
+
+        def finish(self):
+            pass
+
+    fake = SimpleNamespace(init=lambda **kw: calls.append(kw) or FakeRun())
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    overrides = tiny_overrides(data_root, epochs=1) + ["logger=wandb", "logger.mode=disabled"]
+    run_config(overrides, tmp_path)
+    run_config(overrides + ["resume=true", "trainer.epochs=2"], tmp_path)
+    run_config(overrides, tmp_path / "other")
+    assert calls[0]["id"] == calls[1]["id"] != calls[2]["id"]
+    assert calls[1]["resume"] == "allow"
