@@ -135,13 +135,18 @@ def test_validate_rejects(override, key):
     (["algorithm=bp", "algorithm.optimizer.lr=[0.1,0.2]"], "algorithm.optimizer.lr"),  # per-layer: TP family only
     (["algorithm=fa", "algorithm.optimizer.lr=[0.1,0.2]"], "algorithm.optimizer.lr"),
     (["trainer.device=cudafoo"], "trainer.device"),
+    (["arch=conv", "dataset.pca_components=10"], "arch"),  # incompatible arch × dataset option
+    (["algorithm=dtp", "arch.hidden=[]"], "algorithm.first_target"),
 ])
 def test_rejected_when_the_run_is_built(data_root, tmp_path, overrides, key):
     from conftest import tiny_overrides
 
     from dtp_bench.trainer import Trainer
 
-    cfg = compose(tiny_overrides(data_root, epochs=1) + overrides)
+    base = tiny_overrides(data_root, epochs=1)
+    if any(o.startswith("arch=") for o in overrides):
+        base = [o for o in base if not o.startswith("arch")]
+    cfg = compose(base + overrides)
     with pytest.raises(ConfigError) as err:
         Trainer(cfg, validate(cfg), tmp_path)
     assert str(err.value).startswith(f"{key}:")

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config import per_layer
+from ..config import ConfigError, per_layer
 from ..nn.blocks import BatchNormNoAffine, FeedbackBlock, init_bias, init_weight, make_activation
 from ..optim import build_per_layer_optimizer
 from .base import Algorithm, cross_entropy, register_algorithm
@@ -46,7 +46,8 @@ class TargetPropagation(Algorithm):
         super().__init__(cfg, network, epochs)
         n_blocks = len(network)
         if cfg.first_target == "penultimate_gradient" and n_blocks < 2:
-            raise ValueError("first_target=penultimate_gradient needs at least two blocks")
+            raise ConfigError("algorithm.first_target: penultimate_gradient needs at least one hidden layer "
+                              "(arch.hidden=[]); use output_gradient")
         # level of the first target in [h_0 … h_L] and the blocks whose feedback sends it down
         self.first_level = n_blocks - 1 if cfg.first_target == "penultimate_gradient" else n_blocks
         self.feedback_blocks = list(range(1, self.first_level))

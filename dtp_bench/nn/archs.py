@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from .blocks import ARCH_BUILDERS, Block, Network, dense_blocks, hidden_block
 from .lc import LocallyConnected2d
 
@@ -51,8 +52,8 @@ def paper_stack(input_shape: tuple[int, ...], num_classes: int) -> tuple[Stack, 
 def _layer_stack(cfg, input_shape: tuple[int, ...], num_classes: int, local: bool) -> Network:
     """Strided LC (``local``) or conv layers with SAME padding, then the dense head."""
     if len(input_shape) != 3:
-        raise ValueError(f"arch {cfg.name!r} needs image inputs (C, H, W), got shape {input_shape} "
-                         f"(dataset.pca_components flattens them; use arch=fc)")
+        raise ConfigError(f"arch: {cfg.name!r} needs image inputs (C, H, W), got shape {input_shape} "
+                          f"(dataset.pca_components flattens them; use arch=fc)")
     default_layers, default_hidden = paper_stack(input_shape, num_classes)
     layers = [tuple(layer) for layer in cfg.layers] if cfg.layers is not None else default_layers
     fc_hidden = list(cfg.fc_hidden) if cfg.fc_hidden is not None else default_hidden
@@ -100,7 +101,8 @@ def build_conv_pool(cfg, input_shape: tuple[int, ...], num_classes: int) -> Netw
     """LeNet / simple VGG (Ernoult et al. 2022): Conv → act → MaxPool per ``cfg.channels`` entry,
     then the dense head; its flatten size is measured on the input shape, never hard-coded."""
     if len(input_shape) != 3:
-        raise ValueError(f"arch {cfg.name!r} needs image inputs (C, H, W), got shape {input_shape}")
+        raise ConfigError(f"arch: {cfg.name!r} needs image inputs (C, H, W), got shape {input_shape} "
+                          f"(dataset.pca_components flattens them; use arch=fc)")
     channels, height, width = input_shape
     top, bottom = pool_input_padding(cfg, height)
     left, right = pool_input_padding(cfg, width)
