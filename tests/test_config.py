@@ -119,6 +119,7 @@ def test_unknown_group_option_lists_the_choices():
     ("arch.activation=swish", "arch.activation"),
     ("algorithm=drl algorithm.noise=0", "algorithm.noise"),  # DRL divides by σ²
     ("algorithm=scaling_dtp algorithm.noise=0", "algorithm.noise"),
+    ("algorithm=scaling_dtp algorithm.feedback_steps=5", "algorithm.feedback_steps"),  # K is feedback_iterations
     ("algorithm=tp algorithm.feedback=jacobian_transpose algorithm.propagation=plain", "algorithm.propagation"),
     # '+' adds keys Hydra would otherwise reject; validate() still refuses them
     ("+trainer.foo=1", "trainer.foo"),

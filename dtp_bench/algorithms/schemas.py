@@ -197,6 +197,10 @@ class ScalingDTPConfig(TargetPropConfig):
               "is not used by L-DRL (its feedback loss is fixed); leave it at noise_preserving")
         check(self.schedule == "parallel", f"{key}.schedule",
               "L-DRL trains feedback on every minibatch before the forward step: use parallel")
+        check(self.feedback_steps == 1, f"{key}.feedback_steps",
+              "is not used by L-DRL; its feedback updates per minibatch are feedback_iterations")
+        check(self.feedback_loss_reduction == "batch_mean", f"{key}.feedback_loss_reduction",
+              "is not used by L-DRL (its loss is a batch mean by definition); leave it at batch_mean")
         items = self.feedback_iterations
         items = list(items) if isinstance(items, (list, tuple)) or OmegaConf.is_list(items) else [items]
         check(len(items) > 0 and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in items),
