@@ -72,9 +72,10 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 # what may legitimately change when a run is resumed: its length, its display and logging, and
 # where the data files live (a resumed SLURM job may read them from another node's scratch disk)
-# and the paper's reference numbers and notes, which only label the run
-RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "logger", "dataset.root", "dataset.download",
-                     "reference")
+# and the paper's reference numbers and notes, which only label the run. The device may be named
+# differently (auto, cuda, cuda:1) as long as its type is the same: that is checked on its own.
+RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "trainer.checkpoint", "trainer.device",
+                     "logger", "dataset.root", "dataset.download", "reference")
 
 
 def _config_fingerprint(cfg) -> dict:

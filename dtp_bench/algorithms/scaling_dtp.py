@@ -15,6 +15,9 @@ Per minibatch:
         r = g(s_{i+1}); dx = σ·N(0, I); dr = g(f(s_i + dx)) − r; dy = σ·N(0, I);
         dr_y = g(s_{i+1} + dy) − r;
         loss = −2·mean_b Σ(dx ⊙ dr) + mean_b Σ dr_y²
+     (2σ² times the slides' −(1/σ²)εᵀ(r_ε − r) + (1/(2σ²))‖r_η − r‖², exactly as scalingDTP's
+     feedback loss: their tuned feedback learning rates assume this scale; the paper's form
+     would need lr / (2σ²)),
      (g(f(s_i + dx)) unpools with the noisy pass's indices, g(s_{i+1} + dy) with the clean ones),
      each followed by one step of the per-layer feedback optimizer (SGD momentum 0.9, created once,
      so momentum persists across batches);
