@@ -230,6 +230,38 @@ def positive_fraction(j_f: torch.Tensor, j_g: torch.Tensor) -> Optional[float]:
     return positive / n_out
 
 
+@contextlib.contextmanager
+def _frozen_batch_statistics(module: nn.Module, record: Callable[[], Any]) -> Iterator[None]:
+    """Inside, every BatchNormNoAffine of ``module`` normalises with the batch statistics it saw
+    while ``record()`` ran, so ``module`` is a per-sample function (as ``_run_block`` makes f):
+    its Jacobian at one sample is then defined, and stacking copies of the sample cannot change it."""
+    norms = [m for m in module.modules() if isinstance(m, BatchNormNoAffine)]
+    stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def recording(m: BatchNormNoAffine):
+        def forward(h: torch.Tensor) -> torch.Tensor:
+            dims = [0] + list(range(2, h.dim()))
+            stats[id(m)] = (h.mean(dim=dims, keepdim=True), h.var(dim=dims, keepdim=True, unbiased=False))
+            return (h - stats[id(m)][0]) * torch.rsqrt(stats[id(m)][1] + m.eps)
+        return forward
+
+    def frozen(m: BatchNormNoAffine):
+        mean, var = stats[id(m)]
+        return lambda h: (h - mean) * torch.rsqrt(var + m.eps)
+
+    try:
+        for m in norms:
+            m.forward = recording(m)  # an instance attribute shadows the class's forward
+        with torch.no_grad():
+            record()
+        for m in norms:
+            m.forward = frozen(m)
+        yield
+    finally:
+        for m in norms:
+            m.__dict__.pop("forward", None)
+
+
 def feedback_diagnostics(algorithm, x: torch.Tensor, n_samples: int) -> dict[str, float]:
     """``angle_jacobian`` and ``condition`` for every block with a feedback function."""
     network = algorithm.network
@@ -249,29 +281,38 @@ def feedback_diagnostics(algorithm, x: torch.Tensor, n_samples: int) -> dict[str
             h_next, _ = _run_block(block, h, stats)
             return lifted(i, h_next, h) if lifted is not None else h_next
 
-        angles, conditions = [], []
-        for s in range(n):
-            h, ctx = hs[i][s:s + 1].detach(), _slice_ctx(ctxs[i], s)
-            with torch.no_grad():
-                code = f(h)
-
-            def g_fn(code_batch: torch.Tensor, g=g, ctx=ctx) -> torch.Tensor:
-                return g(code_batch, _repeat_ctx(ctx, len(code_batch)))
-
-            n_in, n_out = h.numel(), code.numel()
-            if n_in * n_out <= MAX_JACOBIAN_ENTRIES:
-                j_f = jacobian(f, h, n_out)  # (out, in)
-                j_g = jacobian(g_fn, code, n_in)  # (in, out)
-                angles.append(angle(j_g, j_f.T))
-                if s < CONDITION_SAMPLES:
-                    conditions.append(positive_fraction(j_f, j_g))
-            else:
-                generator = torch.Generator(device=h.device).manual_seed(PROJECTION_SEED)
-                v = torch.randn(N_PROJECTIONS, n_out, generator=generator, device=h.device, dtype=h.dtype)
-                angles.append(angle(_jvp_rows(g_fn, code, v), _vjp_rows(f, h, v)))
+        code_batch = lifted(i, hs[i + 1], hs[i]) if lifted is not None else hs[i + 1]
+        with _frozen_batch_statistics(g, lambda: g(code_batch, ctxs[i])):
+            angles, conditions = _block_angles(f, g, hs[i], ctxs[i], n)
         _put(out, f"angle_jacobian/block{i}", _mean(angles))
         _put(out, f"condition/block{i}", _mean(conditions))
     return out
+
+
+def _block_angles(f, g, h_batch: torch.Tensor, ctx_batch: dict, n: int) -> tuple[list, list]:
+    """Per sample s < n: the angle between J_g and J_fᵀ, and (first CONDITION_SAMPLES) the
+    positive fraction of the spectrum of J_f J_g."""
+    angles, conditions = [], []
+    for s in range(n):
+        h, ctx = h_batch[s:s + 1].detach(), _slice_ctx(ctx_batch, s)
+        with torch.no_grad():
+            code = f(h)
+
+        def g_fn(code_batch: torch.Tensor, ctx=ctx) -> torch.Tensor:
+            return g(code_batch, _repeat_ctx(ctx, len(code_batch)))
+
+        n_in, n_out = h.numel(), code.numel()
+        if n_in * n_out <= MAX_JACOBIAN_ENTRIES:
+            j_f = jacobian(f, h, n_out)  # (out, in)
+            j_g = jacobian(g_fn, code, n_in)  # (in, out)
+            angles.append(angle(j_g, j_f.T))
+            if s < CONDITION_SAMPLES:
+                conditions.append(positive_fraction(j_f, j_g))
+        else:
+            generator = torch.Generator(device=h.device).manual_seed(PROJECTION_SEED)
+            v = torch.randn(N_PROJECTIONS, n_out, generator=generator, device=h.device, dtype=h.dtype)
+            angles.append(angle(_jvp_rows(g_fn, code, v), _vjp_rows(f, h, v)))
+    return angles, conditions
 
 
 def _mean(values: list[Optional[float]]) -> Optional[float]:

@@ -222,6 +222,28 @@ def test_batch_norm_blocks_use_the_batch_statistics():
     torch.testing.assert_close(per_sample, hs[2][3:4])  # sample 3 of the batch, alone
 
 
+def test_batch_normalised_feedback_is_differentiated_per_sample(monkeypatch):
+    # g = BN(σ(V·)) (DTP / FW-DTP with batch norm): with the batch's statistics held, J_g at one
+    # sample cannot depend on how many copies of it are stacked to get the rows (with live
+    # statistics, identical copies have zero variance and the "Jacobian" is meaningless)
+    net = fc_net(activation="tanh", batch_norm=True)
+    algo = tp(net)
+    x, _ = batch(n=16)
+    hs, ctxs = net.activations_ctx(x)
+    g = algo.feedback["1"]
+    assert any(isinstance(m, diagnostics.BatchNormNoAffine) for m in g.modules())
+    code = hs[2][3:4]
+    fn = lambda c: g(c, {})  # noqa: E731
+    with diagnostics._frozen_batch_statistics(g, lambda: g(hs[2], ctxs[1])):
+        stacked = diagnostics.jacobian(fn, code, hs[1].shape[1])
+        monkeypatch.setattr(diagnostics, "CHUNK", 1)
+        one_at_a_time = diagnostics.jacobian(fn, code, hs[1].shape[1])
+        alone = g(code, {})
+    torch.testing.assert_close(stacked, one_at_a_time)
+    torch.testing.assert_close(alone, g(hs[2], ctxs[1])[3:4])  # sample 3 as in its batch
+    torch.testing.assert_close(g(hs[2], ctxs[1]).mean(0), torch.zeros_like(alone[0]), atol=1e-6, rtol=0)  # live again
+
+
 # ---------------------------------------------------------------- no side effects
 def test_measure_leaves_no_trace():
     net = fc_net()
