@@ -25,13 +25,23 @@ def write(rel: str, comment: str, body: dict, defaults: list[str] = ()) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# @package _global_"]
     lines += [f"# {line}".rstrip() for line in comment.strip().splitlines()]
-    lines.append(f"# Run: python train.py experiment={rel}" if "hydra" not in body else
-                 f"# Run: python train.py -m experiment={rel}   (a sweep; seeds: add seed=1,2,3)")
+    sweeper = next((d for d in defaults if "hydra/sweeper:" in d), "")
+    if "hydra" not in body:
+        lines.append(f"# Run: python train.py experiment={rel}")
+    elif "optuna" in sweeper:  # a seed list would become a searched parameter: seeds go on the cell preset
+        lines.append(f"# Run: python train.py -m experiment={rel}   (a search; one seed per trial)")
+    else:
+        lines.append(f"# Run: python train.py -m experiment={rel}   (a sweep; seeds: add seed=1,2,3)")
     if defaults:
         lines.append("defaults:")
         lines += [f"  - {d}" for d in defaults]
     text = "\n".join(lines) + "\n" + OmegaConf.to_yaml(OmegaConf.create(body), sort_keys=False)
     path.write_text(text)
+
+
+# searches name trial folders by number only: 8 searched values at full precision would exceed the
+# 255-character file-name limit (each trial's values are in its .hydra/overrides.yaml)
+SEARCH_SUBDIR = "${hydra.job.num}"
 
 
 def adam(lr, b1, b2, eps) -> dict:
@@ -196,7 +206,8 @@ def bart_cell(col: str, row: str, search: bool = False) -> None:
             if "target_step" in body["algorithm"]:
                 params["algorithm.target_step"] = "interval(0.01, 0.2)"
         defaults += ["override /hydra/sweeper: optuna", "override /hydra/sweeper/sampler: random"]
-        body["hydra"] = {"sweeper": {"direction": "minimize", "study_name": f"bartunov2018_{col}_{row}",
+        body["hydra"] = {"sweep": {"subdir": SEARCH_SUBDIR},
+                         "sweeper": {"direction": "minimize", "study_name": f"bartunov2018_{col}_{row}",
                                      "n_trials": 60, "n_jobs": 1, "sampler": {"seed": 0}, "params": params}}
         notes.append("Search: lr log-uniform, alpha and sigma uniform (the paper does not say which).")
     body["reference"] = {"paper": "bartunov2018", "table": table, "row": label, "column": col_label,
@@ -241,8 +252,10 @@ FW = {  # row: (label, algorithm, size, {column: (mean, std)})
     "fw_dtp": ("FW-DTP (0.5M / 6.3M)", "fw_dtp", "small", {"mnist": (2.76, .10), "fmnist": (11.76, .37), "cifar10": (48.97, .32), "cifar100": (76.76, .45)}),
 }
 # hidden widths (5 hidden layers MNIST-like, 4 CIFAR-like; refs B.4). "small"/"large": the authors'
-# 784-256x5-10 / 3072-1024x4-C net (forward ~0.47M / ~6.3M); "narrow": learned-feedback methods at the
-# same total (forward + trained feedback) as FW-DTP's forward net: width 164 (~0.48M) / 800 (~6.3M).
+# 784-256x5-10 / 3072-1024x4-C net (forward ~0.47M / ~6.3M); "narrow": learned-feedback methods.
+# MNIST-like 164 is the authors' code's "small" variant: 2 x its forward count (a feedback matrix per
+# layer, as their code builds) is ~0.48M; forward + the feedback our DTP/DRL/L-DRL train is ~0.35M.
+# CIFAR-like 800: forward + trained feedback ~6.31M, FW-DTP's 6.30M (no width is published for it).
 FW_WIDTH = {("mnist", "small"): [256] * 5, ("mnist", "large"): [256] * 5, ("mnist", "narrow"): [164] * 5,
             ("cifar", "small"): [1024] * 4, ("cifar", "large"): [1024] * 4, ("cifar", "narrow"): [800] * 4}
 FW_NET = {"arch": {"bias": False, "init": "orthogonal"}}
@@ -308,7 +321,11 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
              "Net as the authors' code: no biases, orthogonal init, tanh, 100 epochs, batch 256; every dataset "
              "normalised with its own statistics (their code used MNIST's for all)."]
     if size == "narrow":
-        notes.append(f"Width {hidden[0]}: forward + trained feedback ~ the FW-DTP net's {'0.5M' if hidden[0] < 300 else '6.3M'} (our reading of the #params column).")
+        notes.append("Width 164: the authors' code's 'small' variant (0.5M if a feedback matrix is counted for "
+                     "every layer; forward + the feedback trained here is 0.35M, see summary.json 'parameters')."
+                     if hidden[0] < 300 else
+                     "Width 800: forward + trained feedback ~ the FW-DTP net's 6.3M (our reading of the #params "
+                     "column; no width was published).")
     if size == "large" and algo != "bp":
         notes.append("The 1.1M / 13.0M size does not match forward+feedback of the 256/1024 net exactly (refs B.4): ambiguous.")
     if col.startswith("cifar"):
@@ -323,7 +340,8 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
         rel = f"shibuya2023/search/{row}"
         body["trainer"].update({"epochs": FW_SEARCH_EPOCHS, "val_size": 10000})
         defaults += ["override /hydra/sweeper: optuna", "override /hydra/sweeper/sampler: tpe"]
-        body["hydra"] = {"sweeper": {"direction": "minimize", "study_name": f"shibuya2023_search_{row}",
+        body["hydra"] = {"sweep": {"subdir": SEARCH_SUBDIR},
+                         "sweeper": {"direction": "minimize", "study_name": f"shibuya2023_search_{row}",
                                      "n_trials": FW_SEARCH_TRIALS, "n_jobs": 1, "sampler": {"seed": 0},
                                      "params": FW_SEARCH[algo]}}
         notes = [f"Search budget: {FW_SEARCH_TRIALS} trials (Optuna TPE, seed 0) x {FW_SEARCH_EPOCHS} epochs on "
@@ -434,7 +452,7 @@ def ern_cell(arch: str, col: str, row: str) -> None:
     metric = "test_accuracy"
     if col == "imagenet32":
         metric = "top5_accuracy"
-        notes.append("Top-5 accuracy is not computed by our trainer yet: the report lists this cell as missing its metric.")
+        notes.append("Top-5 accuracy: the trainer records top-5 test error every epoch; the report shows 100 minus the final one.")
     table = "LeNet" if arch == "lenet" else "Simple VGG"
     body["reference"] = {"paper": "ernoult2022", "table": table, "row": ERN_ROWS[row], "column": ERN_COLS[col],
                          "metric": metric, "value": value, "std": None, "note": " ".join(notes)}

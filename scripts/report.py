@@ -1,7 +1,8 @@
 """Tables and figures from run directories, joined to the papers' numbers.
 
-    .venv/bin/python scripts/report.py                         # reads outputs/ and multirun/
-    .venv/bin/python scripts/report.py --runs multirun/2026-01-02 other/ --out results/
+    .venv/bin/python scripts/report.py                         # outputs/ and multirun/ -> reports/
+    .venv/bin/python scripts/report.py --runs multirun/2026-01-02 other/ --out my_tables/
+    make report                                                # results/runs -> results/ (committed)
 
 Every directory under ``--runs`` holding a ``summary.json`` is a run (its ``metrics.jsonl`` and
 ``.hydra/config.yaml`` / ``.hydra/overrides.yaml`` are read when present). Runs are grouped by the
@@ -636,7 +637,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, default=[ROOT / "outputs", ROOT / "multirun"],
                         help="run or multirun directories, searched recursively (default: outputs/ multirun/)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results", help="output folder (default: results/)")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports",
+                        help="output folder (default: reports/; results/ holds the committed tables: `make report`)")
     parser.add_argument("--conf", type=Path, default=ROOT / "conf",
                         help="config folder whose experiment/ presets define the expected cells")
     args = parser.parse_args(argv)

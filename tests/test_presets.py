@@ -167,3 +167,14 @@ def test_bartunov_layer_loss_has_no_half(name):
     cfg = compose([f"experiment={name}"])
     assert (cfg.algorithm.local_loss_scale, cfg.algorithm.local_loss_reduction) == (1.0, "batch_mean")
     assert compose(["algorithm=dtp"]).algorithm.local_loss_scale == 0.5
+
+
+SEARCHES = [p for p in PRESETS if "/search/" in p]
+
+
+@pytest.mark.parametrize("name", SEARCHES)
+def test_search_trial_folders_are_named_by_number(name):
+    # 8 searched values at full precision would make ${hydra.job.override_dirname} longer than the
+    # 255-character file-name limit, and the first trial would crash
+    cfg = compose([f"experiment={name}"], return_hydra_config=True)
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.num}"
