@@ -178,3 +178,12 @@ def test_search_trial_folders_are_named_by_number(name):
     # 255-character file-name limit, and the first trial would crash
     cfg = compose([f"experiment={name}"], return_hydra_config=True)
     assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.num}"
+
+
+def test_investigation_dtp_uses_rmsprop_in_both_pathways_when_asked():
+    # "the learning algorithm is RMSProp in both the cases" (5.7); 5.5 sets the two apart
+    both = compose(["experiment=investigation2019/pca", "algorithm.optimizer.name=rmsprop"]).algorithm
+    assert (both.optimizer.name, both.feedback_optimizer.name, both.optimizer.alpha) == ("rmsprop", "rmsprop", 0.9)
+    mixed = compose(["experiment=investigation2019/mixed_optimizers", "algorithm.optimizer.name=rmsprop",
+                     "algorithm.feedback_optimizer.name=adam"]).algorithm
+    assert (mixed.optimizer.name, mixed.feedback_optimizer.name) == ("rmsprop", "adam")
