@@ -363,8 +363,8 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
                                      "params": FW_SEARCH[algo]}}
         notes = [f"Search budget: {FW_SEARCH_TRIALS} trials (Optuna TPE, seed 0) x {FW_SEARCH_EPOCHS} epochs on "
                  f"F-MNIST minus a 10000-example validation split; minimises the final validation error (never the "
-                 f"test set). Copy the best values (multirun/.../optimization_results.yaml) into "
-                 f"shibuya2023/<dataset>/{row}.yaml."] + notes[1:]
+                 f"test set). Put the best values (multirun/.../optimization_results.yaml) into FW_CHOSEN in "
+                 f"scripts/make_presets.py and run `make presets` (the cell presets are generated)."] + notes[1:]
         comment = f"Hyperparameter search for '{label}' on F-MNIST (validation split)."
     body["reference"] = {"paper": "shibuya2023", "table": table, "row": label, "column": col_label,
                          "metric": "test_error", "value": mean, "std": std, "note": " ".join(notes)}
@@ -393,7 +393,8 @@ def fw_extras() -> None:
     for algo, (betas, lrs) in grids.items():
         write(f"shibuya2023/sensitivity/{algo}",
               f"FW-DTP poster, hyperparameter-sensitivity figure (values not printed): a grid over the target step\n"
-              f"beta ({betas}) and the forward lr ({lrs}) for {algo} on F-MNIST, 20 epochs, one seed\n"
+              f"({'beta on the output' if algo == 'fw_dtp' else 'alpha on the penultimate layer'}: {betas}) and the forward lr "
+              f"({lrs}) for {algo} on F-MNIST, 20 epochs, one seed\n"
               f"(grid and epochs are ours). The report draws a heat map of the final test error.",
               {"arch": {"hidden": [256] * 5, "bias": False, "init": "orthogonal"},
                "trainer": {"epochs": 20, "batch_size": 256},
