@@ -92,6 +92,12 @@ def estimate(overrides: list[str]) -> dict:
     evaluation = count(lambda: algorithm.predict(torch.randn(t.eval_batch_size, *shape)))
     batches = -(-(spec.train_size - t.val_size) // t.batch_size)
     eval_batches = -(-spec.test_size // t.eval_batch_size) + -(-t.val_size // t.eval_batch_size)
+    # the trainer's caps, as it applies them (a quick check costs what it runs)
+    if t.limit_train_batches is not None:
+        batches = min(batches, t.limit_train_batches)
+    if t.limit_eval_batches is not None:
+        eval_batches = min(-(-spec.test_size // t.eval_batch_size), t.limit_eval_batches) + (
+            min(-(-t.val_size // t.eval_batch_size), t.limit_eval_batches) if t.val_size else 0)
     # one later epoch (what a measured epoch_seconds is): its feedback-only passes, training, evaluation
     epoch = [batches * (tr + later * fb) + eval_batches * ev for tr, fb, ev in zip(train, feedback, evaluation)]
     total = [t.epochs * e + (first - later) * batches * fb for e, fb in zip(epoch, feedback)]

@@ -56,3 +56,10 @@ def test_json_and_summary_table(tmp_path, capsys):
     table = module.summarize(tmp_path).read_text()
     assert (f"| `{' '.join(overrides)}` | 2 | 600 | {result['flops']['total'] / 1e15:.3g} | "
             f"{result['ops']['total']:.3g} | {result['hours']['1 TFLOP/s']:.2f} |") in table
+
+
+def test_batch_limits_are_counted_as_the_trainer_applies_them():
+    full = load().estimate(["algorithm=bp", "arch.hidden=[16]", "trainer.batch_size=100"])
+    capped = load().estimate(["algorithm=bp", "arch.hidden=[16]", "trainer.batch_size=100",
+                              "trainer.limit_train_batches=3"])
+    assert (full["batches_per_epoch"], capped["batches_per_epoch"]) == (600, 3)
