@@ -302,6 +302,8 @@ FW_CHOSEN = {  # row: {dotted key: value} (trial values rounded to 4 significant
                  "algorithm.target_step": 0.7217, "algorithm.noise": 7.151e-3},  # trial 10
     "dtp_1.1m": {"algorithm.optimizer.lr": 8.459e-4, "algorithm.feedback_optimizer.lr": 1.414e-4,
                  "algorithm.target_step": 0.2372, "algorithm.noise": 0.02676},  # trial 2
+    "l_drl_0.5m": {"algorithm.optimizer.lr": 0.2656, "algorithm.feedback_optimizer.lr": 0.02497,
+                   "algorithm.target_step": 0.08374, "algorithm.noise": 0.2119},  # trial 5
 }
 
 

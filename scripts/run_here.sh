@@ -19,6 +19,9 @@ for row in fw_dtp bp dtp_1.1m dtp_0.5m; do
   $PY train.py -m experiment=shibuya2023/search/$row trainer.epochs=10 hydra.sweeper.n_trials=12 hydra.sweeper.n_jobs=2 \
       trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_search_fmnist_${row}_12x10ep
 done
+# ... and L-DRL 0.5M the same way, in a later session (trial folders are numbered since)
+$PY train.py -m experiment=shibuya2023/search/l_drl_0.5m trainer.epochs=10 hydra.sweeper.n_trials=12 hydra.sweeper.n_jobs=2 \
+    trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_search_fmnist_l_drl_0.5m_12x10ep
 # 2) The paper's budget (100 epochs, 3 seeds) with those values
 $PY train.py -m experiment=shibuya2023/fmnist/dtp_1.1m,shibuya2023/fmnist/dtp_0.5m,shibuya2023/fmnist/fw_dtp,shibuya2023/fmnist/bp \
     seed=1,2,3 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_100ep
@@ -31,6 +34,7 @@ done
 # DRL and L-DRL at reduced epochs (L-DRL at 100 epochs x 3 seeds: ~3.5 / 6 core-hours per row here)
 $PY train.py -m experiment=shibuya2023/fmnist/drl_0.5m,shibuya2023/fmnist/drl_1.1m \
     seed=1,2,3 trainer.epochs=5 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_drl_5ep
+# (its L-DRL 0.5M run, made with the algorithm defaults, was removed once the 0.5M preset got its searched values)
 $PY train.py -m experiment=shibuya2023/fmnist/l_drl_0.5m,shibuya2023/fmnist/l_drl_1.1m \
     seed=1 trainer.epochs=2 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_ldrl_2ep
 
