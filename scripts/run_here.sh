@@ -44,7 +44,8 @@ $PY train.py -m experiment=investigation2019_fmnist/depth trainer.epochs=10 trai
 $PY train.py -m experiment=investigation2019_fmnist/width trainer.epochs=10 trainer.checkpoint=false $JOBLIB \
     hydra.sweep.dir=$RUNS/investigation_fmnist_width_10ep
 
-# ... and every investigation grid at the preset's budget (20 epochs, seed 0)
+# ... and every investigation grid at the preset's budget (20 epochs, seed 0); optimizers, mixed_optimizers
+# and pca were rerun in a later session, after DTP's feedback got RMSprop too and RMSprop its 0.9 decay
 for grid in one_hidden optimizers noise alpha mixed_optimizers activations pca width depth; do
   $PY train.py -m experiment=investigation2019_fmnist/$grid trainer.checkpoint=false $JOBLIB \
       hydra.sweep.dir=$RUNS/investigation_fmnist_$grid
