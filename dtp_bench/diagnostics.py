@@ -157,14 +157,12 @@ def _run_block(block: nn.Module, h: torch.Tensor,
     for op in block.ops:
         if isinstance(op, BatchNormNoAffine):
             if stats is None:
-                dims = [0] + list(range(2, h.dim()))
-                mean = h.mean(dim=dims, keepdim=True)
-                var = h.var(dim=dims, keepdim=True, unbiased=False)
+                mean, var = op.batch_statistics(h)
                 recorded.append((mean, var))
             else:
                 mean, var = stats[k]
                 k += 1
-            h = (h - mean) * torch.rsqrt(var + op.eps)
+            h = op.normalise(h, mean, var)
         elif isinstance(op, nn.MaxPool2d):
             h, _ = max_pool_with_indices(op, h)
         else:
@@ -240,14 +238,12 @@ def _frozen_batch_statistics(module: nn.Module, record: Callable[[], Any]) -> It
 
     def recording(m: BatchNormNoAffine):
         def forward(h: torch.Tensor) -> torch.Tensor:
-            dims = [0] + list(range(2, h.dim()))
-            stats[id(m)] = (h.mean(dim=dims, keepdim=True), h.var(dim=dims, keepdim=True, unbiased=False))
-            return (h - stats[id(m)][0]) * torch.rsqrt(stats[id(m)][1] + m.eps)
+            stats[id(m)] = m.batch_statistics(h)
+            return m.normalise(h, *stats[id(m)])
         return forward
 
     def frozen(m: BatchNormNoAffine):
-        mean, var = stats[id(m)]
-        return lambda h: (h - mean) * torch.rsqrt(var + m.eps)
+        return lambda h: m.normalise(h, *stats[id(m)])
 
     try:
         for m in norms:

@@ -49,11 +49,15 @@ def paper_stack(input_shape: tuple[int, ...], num_classes: int) -> tuple[Stack, 
     return CIFAR_STACK, PAPER_FC_HIDDEN
 
 
-def _layer_stack(cfg, input_shape: tuple[int, ...], num_classes: int, local: bool) -> Network:
-    """Strided LC (``local``) or conv layers with SAME padding, then the dense head."""
+def _require_images(cfg, input_shape: tuple[int, ...]) -> None:
     if len(input_shape) != 3:
         raise ConfigError(f"arch: {cfg.name!r} needs image inputs (C, H, W), got shape {input_shape} "
                           f"(dataset.pca_components flattens them; use arch=fc)")
+
+
+def _layer_stack(cfg, input_shape: tuple[int, ...], num_classes: int, local: bool) -> Network:
+    """Strided LC (``local``) or conv layers with SAME padding, then the dense head."""
+    _require_images(cfg, input_shape)
     default_layers, default_hidden = paper_stack(input_shape, num_classes)
     layers = [tuple(layer) for layer in cfg.layers] if cfg.layers is not None else default_layers
     fc_hidden = list(cfg.fc_hidden) if cfg.fc_hidden is not None else default_hidden
@@ -100,9 +104,7 @@ def pool_input_padding(cfg, size: int) -> tuple[int, int]:
 def build_conv_pool(cfg, input_shape: tuple[int, ...], num_classes: int) -> Network:
     """LeNet / simple VGG (Ernoult et al. 2022): Conv → act → MaxPool per ``cfg.channels`` entry,
     then the dense head; its flatten size is measured on the input shape, never hard-coded."""
-    if len(input_shape) != 3:
-        raise ConfigError(f"arch: {cfg.name!r} needs image inputs (C, H, W), got shape {input_shape} "
-                          f"(dataset.pca_components flattens them; use arch=fc)")
+    _require_images(cfg, input_shape)
     channels, height, width = input_shape
     top, bottom = pool_input_padding(cfg, height)
     left, right = pool_input_padding(cfg, width)

@@ -75,11 +75,16 @@ class BatchNormNoAffine(nn.Module):
         super().__init__()
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dims = [0] + list(range(2, x.dim()))  # per channel for images, per feature for vectors
-        mean = x.mean(dim=dims, keepdim=True)
-        var = x.var(dim=dims, keepdim=True, unbiased=False)
+        return x.mean(dim=dims, keepdim=True), x.var(dim=dims, keepdim=True, unbiased=False)
+
+    def normalise(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         return (x - mean) * torch.rsqrt(var + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalise(x, *self.batch_statistics(x))
 
 
 ACTIVATION_TYPES = (nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Identity)
