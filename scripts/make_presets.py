@@ -157,7 +157,7 @@ def outside_table4(vals: tuple) -> list[str]:
     return out
 
 
-def bart_algorithm(col: str, row: str) -> tuple[list[str], dict, str]:
+def bart_algorithm(col: str, row: str, search: bool = False) -> tuple[list[str], dict, str]:
     label, algo, schedule, t5col = BART_ROWS[row]
     vals = T5[(col, t5col)]
     body: dict = {"optimizer": adam(*vals[0])}
@@ -175,7 +175,10 @@ def bart_algorithm(col: str, row: str) -> tuple[list[str], dict, str]:
     if (col, t5col) in BART_CAVEATS:
         notes.append(BART_CAVEATS[(col, t5col)])
     outside = outside_table4(vals)
-    if outside:
+    if outside and search:  # every such value is a searched key or beta1, which the search fixes at 0.9
+        notes.append(f"Table 5 values outside the Table 4 space, replaced here by the search (beta1 fixed at "
+                     f"0.9): {', '.join(outside)}.")
+    elif outside:
         notes.append(f"Outside the Table 4 search space, kept as printed: {', '.join(outside)}.")
     return [f"override /algorithm: {algo}"], {"algorithm": body}, " ".join(notes)
 
@@ -184,7 +187,7 @@ def bart_cell(col: str, row: str, search: bool = False) -> None:
     col_label, dataset, arch, hidden = BART_COLUMNS[col]
     label, algo, schedule, t5col = BART_ROWS[row]
     arch_name = "conv" if row == "bp_convnet" else arch
-    defaults, body, note = bart_algorithm(col, row)
+    defaults, body, note = bart_algorithm(col, row, search)
     defaults += [f"override /dataset: {dataset}", f"override /arch: {arch_name}"]
     if hidden:
         body["arch"] = {"hidden": hidden}

@@ -10,6 +10,11 @@ RUNS=results/runs
 export OMP_NUM_THREADS=1   # two jobs side by side, one thread each
 JOBLIB="hydra/launcher=joblib hydra.launcher.n_jobs=2 trainer.device=cpu trainer.progress=off"
 
+# The default config (`make run`) and the issue-4 DTP check; both ran alone with torch's default 2 threads
+OMP_NUM_THREADS=2 $PY train.py hydra.run.dir=$RUNS/default_run
+OMP_NUM_THREADS=2 $PY train.py algorithm=dtp arch.hidden=[256,256,256,256,256,256] trainer.epochs=5 seed=1 \
+    hydra.run.dir=$RUNS/issue4_preset_check_dtp_mnistfc_table5
+
 # FW-DTP poster, cost per epoch: ten algorithms, 2 epochs each, same F-MNIST net
 $PY train.py -m experiment=shibuya2023/cost $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_cost
 
@@ -51,7 +56,7 @@ for grid in one_hidden optimizers noise alpha mixed_optimizers activations pca w
       hydra.sweep.dir=$RUNS/investigation_fmnist_$grid
 done
 
-# Ernoult et al. LeNet on F-MNIST, BP: 2 epochs of the paper's 90 (about 1 min per epoch here)
+# Ernoult et al. LeNet on F-MNIST, BP: 2 epochs of the paper's 90 (77-90 s per epoch here, 1 thread)
 $PY train.py experiment=ernoult2022/lenet_fmnist/bp seed=1 trainer.epochs=2 trainer.checkpoint=false \
     trainer.progress=off hydra.run.dir=$RUNS/ernoult2022_lenet_fmnist_bp_2ep
 
@@ -59,12 +64,12 @@ $PY train.py experiment=ernoult2022/lenet_fmnist/bp seed=1 trainer.epochs=2 trai
 $PY train.py -m experiment=shibuya2023/sensitivity/fw_dtp trainer.epochs=5 trainer.checkpoint=false $JOBLIB \
     hydra.sweep.dir=$RUNS/shibuya2023_sensitivity_fw_dtp_5ep
 
-# FW-DTP poster, sensitivity: β × lr grid for dtp on F-MNIST, 5 of the preset's 20 epochs
+# FW-DTP poster, sensitivity: α × lr grid for dtp on F-MNIST, 5 of the preset's 20 epochs
 $PY train.py -m experiment=shibuya2023/sensitivity/dtp trainer.epochs=5 trainer.checkpoint=false $JOBLIB \
     hydra.sweep.dir=$RUNS/shibuya2023_sensitivity_dtp_5ep
 
 # Cost estimates (FLOPs, operations, GPU hours at a stated throughput) of the cells too slow for this CPU
-for e in shibuya2023/fmnist/drl_1.1m shibuya2023/fmnist/drl_0.5m shibuya2023/fmnist/l_drl_0.5m \
+for e in shibuya2023/fmnist/drl_1.1m shibuya2023/fmnist/drl_0.5m shibuya2023/fmnist/l_drl_0.5m ernoult2022/lenet_fmnist/drl \
          shibuya2023/fmnist/l_drl_1.1m ernoult2022/lenet_fmnist/bp ernoult2022/lenet_fmnist/l_drl; do
   $PY scripts/estimate_cost.py experiment=$e --json > results/estimates/$(echo $e | tr / _).json
 done
