@@ -202,10 +202,14 @@ def test_forward_ctx_matches_forward_and_two_models_do_not_interfere():
     a, b = build_network(cfg, (1, 28, 28), 10), build_network(cfg, (1, 28, 28), 10)
     x = torch.randn(2, 1, 28, 28)
     hs_a, ctx_a = a.activations_ctx(x)
-    b.activations_ctx(torch.randn(2, 1, 28, 28))
+    kept = [c[POOL_INDICES].clone() for c in ctx_a[:2]]  # a copy no later pass can write into
+    _, ctx_b = b.activations_ctx(torch.randn(2, 1, 28, 28))
+    # b's pass (other weights, other input) found other maxima, and left a's indices as they were
+    assert all(not torch.equal(k, c[POOL_INDICES]) for k, c in zip(kept, ctx_b[:2]))
+    assert all(torch.equal(k, c[POOL_INDICES]) for k, c in zip(kept, ctx_a[:2]))
     assert torch.equal(hs_a[-1], a(x))
     again, ctx_again = a.activations_ctx(x)
-    assert all(torch.equal(c1[POOL_INDICES], c2[POOL_INDICES]) for c1, c2 in zip(ctx_a[:2], ctx_again[:2]))
+    assert all(torch.equal(k, c[POOL_INDICES]) for k, c in zip(kept, ctx_again[:2]))
     assert ctx_a[2] == {}  # the dense blocks have no pooling
 
 

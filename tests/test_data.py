@@ -243,6 +243,98 @@ def test_augmentation_keeps_shape_and_dtype(data_root):
     assert batches[0][0].shape == (16, 3, 32, 32)
 
 
+def _distinct_images(n: int = 64, channels: int = 2, h: int = 6, w: int = 7, seed: int = 0) -> torch.Tensor:
+    """uint8 images with no zero pixel (zero padding shows) and no symmetry (flips show)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 256, (n, channels, h, w), generator=g, dtype=torch.uint8)
+
+
+def _window_offsets(out: torch.Tensor, x: torch.Tensor, p: int, np_mode: str) -> list[tuple[int, int]]:
+    """For each output image, the offset (dy, dx) of the (h, w) window of the input padded by ``p``
+    (numpy's padding, an independent reference) that it equals; fails when there is none."""
+    h, w = x.shape[2:]
+    pad = ((0, 0), (0, 0), (p, p), (p, p))
+    padded = np.pad(x.numpy(), pad, mode="constant", constant_values=0) if np_mode == "constant" \
+        else np.pad(x.numpy(), pad, mode=np_mode)
+    offsets = []
+    for i in range(len(x)):
+        found = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                 if np.array_equal(padded[i, :, dy:dy + h, dx:dx + w], out[i].numpy())]
+        assert found, f"sample {i} is no {h}x{w} window of its padded image"
+        offsets.append(found[0])
+    return offsets
+
+
+@pytest.mark.parametrize("padding_mode,np_mode", [("zero", "constant"), ("edge", "edge")])
+def test_random_crop_is_a_window_of_the_padded_image(padding_mode, np_mode):
+    x = _distinct_images()
+    p = 2
+    cfg = AugmentConfig(crop_padding=p, padding_mode=padding_mode)
+    out = augment_batch(x, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    offsets = _window_offsets(out, x, p, np_mode)
+    # shifted windows occur, in both directions and along both axes (25 offsets, 64 samples)
+    assert len(set(offsets)) > 10
+    assert {dy for dy, _ in offsets} == set(range(2 * p + 1)) and {dx for _, dx in offsets} == set(range(2 * p + 1))
+    shifted = [i for i, o in enumerate(offsets) if o != (p, p)]
+    if padding_mode == "zero":  # a window reaching into the border holds padding zeros
+        assert all((out[i] == 0).any() for i in shifted)
+    else:  # edge padding repeats border pixels: never a zero (the images have none)
+        assert not (out == 0).any()
+    # the same generator state gives the same crops; another one, other crops
+    assert torch.equal(out, augment_batch(x, cfg, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, augment_batch(x, cfg, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("hflip,vflip", [(True, False), (False, True), (True, True)])
+def test_flips(hflip, vflip):
+    x = _distinct_images()
+    out = augment_batch(x, AugmentConfig(hflip=hflip, vflip=vflip), torch.Generator().manual_seed(0))
+    candidates = {"none": x, "h": x.flip(3), "v": x.flip(2), "hv": x.flip(2).flip(3)}
+    allowed = {"none"} | ({"h"} if hflip else set()) | ({"v"} if vflip else set()) | ({"hv"} if hflip and vflip else set())
+    outcomes = []
+    for i in range(len(x)):
+        match = [name for name, c in candidates.items() if torch.equal(out[i], c[i])]
+        assert len(match) == 1 and match[0] in allowed, (i, match)
+        outcomes.append(match[0])
+    assert set(outcomes) == allowed  # every outcome occurs (each flip has probability 1/2)
+
+
+def test_crop_and_flip_together():
+    x = _distinct_images()
+    p = 1
+    out = augment_batch(x, AugmentConfig(crop_padding=p, hflip=True), torch.Generator().manual_seed(0))
+    # undoing the flip of the flipped samples leaves windows of the zero-padded input
+    plain, flipped = [], []
+    for i in range(len(x)):
+        try:
+            _window_offsets(out[i:i + 1], x[i:i + 1], p, "constant")
+            plain.append(i)
+        except AssertionError:
+            _window_offsets(out[i:i + 1].flip(3), x[i:i + 1], p, "constant")
+            flipped.append(i)
+    assert plain and flipped
+
+
+def test_train_batches_are_augmented_and_test_batches_are_not(data_root):
+    data = _device_data(data_root, name="cifar10", mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2],
+                        augment=AugmentConfig(hflip=True))
+    originals = data.normalise(data.train_x).flatten(1)
+    mirrored = data.normalise(data.train_x.flip(3)).flatten(1)
+    flips = []
+    for x, y in data.train_batches(16, torch.Generator().manual_seed(0)):
+        for row, label in zip(x.flatten(1), y):
+            same = (originals - row).abs().amax(1) == 0
+            flipped = (mirrored - row).abs().amax(1) == 0
+            assert same.any() != flipped.any()  # exactly one of the two
+            j = int((same | flipped).nonzero()[0])
+            assert data.train_y[j] == label
+            flips.append(bool(flipped.any()))
+    assert len(flips) == N_TRAIN and 0 < sum(flips) < N_TRAIN
+    x, _ = next(data.eval_batches("test", 1000))
+    assert torch.equal(x, data.normalise(data.test_x))
+
+
 def test_corrupt_gzip_stream(tmp_path):
     folder = tmp_path / "mnist"
     write_idx_dataset(folder, gz=True)

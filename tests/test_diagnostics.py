@@ -106,16 +106,57 @@ def test_tp_with_jacobian_transpose_feedback_has_zero_update_angles(activation):
     assert not keys(out, "angle_jacobian")  # no feedback functions to compare
 
 
+def _degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Angle between vec(a) and vec(b) by the textbook arccos (fine away from 0° and 180°)."""
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    return math.degrees(math.acos((a @ b / (a.norm() * b.norm())).clamp(-1, 1).item()))
+
+
 def test_learned_dtp_has_all_diagnostics():
+    """Every value against a computation by hand: autograd's Jacobians of f (what g reads: the top
+    block's output code [softmax(logits), tanh(A h)] included) and of g, NumPy-free arccos angles,
+    and the eigenvalues of the full J_f·J_g."""
     net = fc_net()
     algo = tp(net, first_target="label", name="sdtp", inverse_loss="denoising", aux_output_size=7)
-    out = diagnostics.measure(algo, *batch(), CFG)
+    x, y = batch()
+    out = diagnostics.measure(algo, x, y, CFG)
     assert set(keys(out, "angle_jacobian")) == {f"angle_jacobian/block{i}" for i in algo.feedback_blocks}
     assert set(keys(out, "condition")) == {f"condition/block{i}" for i in algo.feedback_blocks}
     # the top feedback reads [softmax, aux]: its weight has no transposed shape
     assert set(keys(out, "angle_weight")) == {f"angle_weight/block{i}" for i in algo.feedback_blocks[:-1]}
-    assert all(0 <= v <= 180 for k, v in out.items() if k.startswith("angle"))
-    assert all(0 <= v <= 1 for v in keys(out, "condition").values())
+
+    hs = net.activations(x)
+    top = len(net) - 1
+    for i in algo.feedback_blocks:
+        block, g = net.blocks[i], algo.feedback[str(i)]
+        if i == top:  # 8 → 12: the code widens, so J_f·J_g (12 × 12) has 4 zero eigenvalues
+            def f(h, block=block):
+                return torch.cat([torch.softmax(block(h), -1), torch.tanh(algo.aux(h))], -1)
+        else:
+            f = block
+        angles = []
+        for s in range(CFG.jacobian_samples):
+            h = hs[i][s].detach()
+            j_f = torch.autograd.functional.jacobian(f, h)  # (|code|, |h_i|)
+            j_g = torch.autograd.functional.jacobian(lambda c: g(c[None], {})[0], f(h).detach())
+            angles.append(_degrees(j_g, j_f.T))
+            if s == 0:  # the condition: on the first sample, over all |code| eigenvalues
+                eig = torch.linalg.eigvals(j_f @ j_g)
+                positive = (eig.real > 1e-6 * eig.abs().max()).sum().item()
+                assert out[f"condition/block{i}"] == pytest.approx(positive / len(eig), abs=1e-12)
+        assert out[f"angle_jacobian/block{i}"] == pytest.approx(sum(angles) / len(angles), abs=1e-6), i
+        if i != top:
+            weight_angle = _degrees(net.blocks[i].weight_op.weight, g.weight_op.weight.T)
+            assert out[f"angle_weight/block{i}"] == pytest.approx(weight_angle, abs=1e-6)
+    assert 0 < out[f"condition/block{top}"] <= 8 / 12  # at most 8 of the 12 eigenvalues are non-zero
+
+    # the update angles: SDTP's update of each weight (forward_update's .grad) against backprop's
+    twin = copy.deepcopy(algo)
+    true = torch.autograd.grad(nn.functional.cross_entropy(twin.network(x), y),
+                               [b.weight_op.weight for b in twin.network.blocks])
+    twin.forward_update(x, y)
+    for i, (block, grad) in enumerate(zip(twin.network.blocks, true)):
+        assert out[f"angle_update/block{i}"] == pytest.approx(_degrees(block.weight_op.weight.grad, grad), abs=1e-6)
 
 
 # ---------------------------------------------------------------- Jacobians and weights

@@ -2,7 +2,8 @@
 
 For each preset: compose ``experiment=<name>`` with the Hydra compose API, validate it, build the
 network and algorithm for the dataset's input shape (dtp_bench.data.SPECS) and run one
-``train_step`` on a random batch of 4 on the CPU (no data is read). Sweep presets are also
+``train_step`` on a random batch of 4 on the CPU (no data is read), which must change the weights
+of every layer (and feedback-only passes before it none of them). Sweep presets are also
 composed with their sweeper parameters set to the first and to the last value of every swept key
 (interval sweeps: their bounds) and with each option of a swept config group, and validated.
 """
@@ -93,11 +94,21 @@ def one_step(typed) -> None:
         passes.append(1)
         return iter([(x, y)] if len(passes) == 1 else [])
 
+    start = [p.detach().clone() for p in network.parameters()]
     algorithm.before_epoch(0, batches)
+    # feedback-only passes (pre-training, alternating schedules) leave the forward weights alone
+    assert all(torch.equal(a, p) for a, p in zip(start, network.parameters()))
     loss, logits = algorithm.train_step(x, y)
     algorithm.after_epoch(0)
     assert logits.shape == (4, spec.num_classes)
     assert torch.isfinite(loss), "one step on random data gave a non-finite loss"
+    # the step trained every layer (no preset starts with a zero rate: schedules are cosine or
+    # step, stepped after the epoch; alternating schedules take their forward step in train_step)
+    params = list(network.parameters())
+    unchanged = [i for i, block in enumerate(network.blocks)
+                 if torch.equal(block.weight_op.weight, next(a for a, p in zip(start, params)
+                                                             if p is block.weight_op.weight))]
+    assert not unchanged, f"one step left the weights of blocks {unchanged} unchanged"
     _stepped.add(signature)
 
 

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from conftest import read_metrics, run_config, tiny_overrides
 
 from dtp_bench import run as run_module
+from dtp_bench import trainer as trainer_module
 from dtp_bench.data import DeviceData
 from dtp_bench.run import FAILED_OBJECTIVE, RESUME_ERROR
 from dtp_bench.trainer import CHECKPOINT, SUMMARY, Trainer, _config_changes
@@ -103,13 +104,19 @@ def test_determinism(data_root, tmp_path):
     assert read_metrics(tmp_path / "a") != read_metrics(tmp_path / "c")
 
 
-def test_resume_equals_an_uninterrupted_run(data_root, tmp_path, monkeypatch):
-    # a schedule and augmentation, so learning-rate and random-number state must be restored too
-    overrides = tiny_overrides(data_root, epochs=3) + [
-        "algorithm.optimizer.schedule=cosine", "dataset.augment.crop_padding=2", "trainer.val_size=8"]
-    run_config(overrides, tmp_path / "straight")
+def cosine_lr(lr: float, eta_min: float, t_max: int, completed: int) -> float:
+    """CosineAnnealingLR's rate after ``completed`` steps (one per epoch): what a metrics row,
+    written before its epoch's ``after_epoch``, reports for epoch ``completed + 1``."""
+    return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * completed / t_max)) / 2
 
-    # the same run, killed just after the checkpoint of epoch 1 was written
+
+def _run_killed_after_epoch_1_then_resumed(overrides, run_dir, monkeypatch) -> None:
+    """Run ``overrides`` in ``run_dir``, killed just after the checkpoint of epoch 1 was written,
+    then resumed with ``resume=true`` to the end.
+
+    The resumed process builds its model and algorithm from another seed: everything random that
+    the run depends on (fixed feedback matrices included) must come from the checkpoint, not from
+    being drawn again identically."""
     save = Trainer.save_checkpoint
 
     def save_then_die(self):
@@ -118,11 +125,26 @@ def test_resume_equals_an_uninterrupted_run(data_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_config(overrides, tmp_path / "resumed")
-    assert len(read_metrics(tmp_path / "resumed")) == 1
+        run_config(overrides, run_dir)
+    assert len(read_metrics(run_dir)) == 1
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    seed_everything = trainer_module.seed_everything
+    monkeypatch.setattr(trainer_module, "seed_everything", lambda seed: seed_everything(seed + 1000))
+    run_config(overrides + ["resume=true"], run_dir)
+    monkeypatch.setattr(trainer_module, "seed_everything", seed_everything)
 
-    run_config(overrides + ["resume=true"], tmp_path / "resumed")
+
+def test_resume_equals_an_uninterrupted_run(data_root, tmp_path, monkeypatch):
+    # a schedule and augmentation, so learning-rate and random-number state must be restored too
+    overrides = tiny_overrides(data_root, epochs=3) + [
+        "algorithm.optimizer.schedule=cosine", "algorithm.optimizer.cosine_eta_min=1e-4",
+        "dataset.augment.crop_padding=2", "trainer.val_size=8"]
+    run_config(overrides, tmp_path / "straight")
+    # the schedule does step: bp's lr 1e-3 annealed over trainer.epochs=3 epochs down towards 1e-4
+    lrs = [r["lr_forward"] for r in read_metrics(tmp_path / "straight")]
+    assert lrs == pytest.approx([cosine_lr(1e-3, 1e-4, 3, e) for e in range(3)], rel=1e-9, abs=0)
+
+    _run_killed_after_epoch_1_then_resumed(overrides, tmp_path / "resumed", monkeypatch)
     assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "straight")
     summary = json.loads((tmp_path / "resumed" / SUMMARY).read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 3
@@ -134,6 +156,49 @@ def test_resume_equals_an_uninterrupted_run(data_root, tmp_path, monkeypatch):
     assert "cosine schedule was built for 3 epochs" in json.loads((tmp_path / "resumed" / RESUME_ERROR).read_text())["error"]
 
 
+# resume of the other algorithms: what their checkpoints must also restore (feedback weights and
+# fixed feedback matrices, a second optimizer and its schedule, per-batch noise generators seeded
+# from the global stream) and where their epochs differ (feedback-only epochs before each forward
+# epoch, pre-training before the first one only)
+RESUME_CASES = {
+    # alternating: a feedback-only epoch before every forward epoch; Adam in both pathways; a step
+    # schedule on the forward rate, a cosine one on the feedback rate
+    "dtp_alternating": ("dtp", ["algorithm.schedule=alternating", "algorithm.optimizer.lr=1e-3",
+                                "algorithm.optimizer.schedule=step", "algorithm.optimizer.step_size=1",
+                                "algorithm.optimizer.step_gamma=0.5", "algorithm.feedback_optimizer.lr=2e-3",
+                                "algorithm.feedback_optimizer.schedule=cosine",
+                                "algorithm.feedback_optimizer.cosine_eta_min=1e-4"]),
+    # feedback pre-training before the first forward epoch only, one extra feedback epoch after each
+    "drl": ("drl", ["algorithm.feedback_pretrain_epochs=2", "algorithm.extra_feedback_epochs=1"]),
+    # SGD with momentum in both pathways, its own noise generators, a forward cosine over 85 epochs
+    "scaling_dtp": ("scaling_dtp", ["algorithm.feedback_iterations=2"]),
+    # fixed random feedback matrices: buffers, not parameters
+    "fa": ("fa", []),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_equals_an_uninterrupted_run_for_other_algorithms(data_root, tmp_path, monkeypatch, case):
+    algorithm, extra = RESUME_CASES[case]
+    overrides = tiny_overrides(data_root, epochs=3, algorithm=algorithm) + extra
+    run_config(overrides, tmp_path / "straight")
+    straight = read_metrics(tmp_path / "straight")
+    if case == "dtp_alternating":  # both schedules step once per epoch
+        assert [r["lr_forward"] for r in straight] == pytest.approx([1e-3 * 0.5 ** e for e in range(3)],
+                                                                    rel=1e-9, abs=0)
+        assert [r["lr_feedback"] for r in straight] == pytest.approx(
+            [cosine_lr(2e-3, 1e-4, 3, e) for e in range(3)], rel=1e-9, abs=0)
+    _run_killed_after_epoch_1_then_resumed(overrides, tmp_path / "resumed", monkeypatch)
+    assert read_metrics(tmp_path / "resumed") == straight
+    # the weights, feedback included, end where the uninterrupted run's did
+    end = [torch.load(tmp_path / run / CHECKPOINT, weights_only=True)["algorithm"]["modules"]
+           for run in ("straight", "resumed")]
+    assert end[0].keys() == end[1].keys()
+    assert any(k.startswith("feedback.") for k in end[0])
+    for key, value in end[0].items():
+        assert torch.equal(value, end[1][key]), key
+
+
 def test_more_epochs_can_be_added_on_resume(data_root, tmp_path):
     overrides = tiny_overrides(data_root, epochs=2) + ["algorithm.optimizer.schedule=cosine",
                                                        "algorithm.optimizer.cosine_t_max=4"]
@@ -142,7 +207,11 @@ def test_more_epochs_can_be_added_on_resume(data_root, tmp_path):
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
     # the device may be named otherwise (auto resolves to the same cpu here)
     run_config(overrides + ["resume=true", "trainer.epochs=3", "trainer.device=auto"], tmp_path)
-    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    rows = read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # the schedule spans cosine_t_max=4 epochs, and the resumed epoch continues it where it was
+    assert [r["lr_forward"] for r in rows] == pytest.approx([cosine_lr(1e-3, 0.0, 4, e) for e in range(3)],
+                                                            rel=1e-9, abs=0)
 
 
 def test_resume_without_a_checkpoint_starts_afresh(data_root, tmp_path):

@@ -115,7 +115,9 @@ class TargetPropagation(Algorithm):
         with AO-SDTP's auxiliary features appended."""
         if self.cfg.first_target != "label":
             return logits
-        return self.with_aux(torch.softmax(logits.float(), dim=1).to(logits.dtype), h_below)
+        # at least float32 (bf16 logits are upcast), float64 kept
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        return self.with_aux(torch.softmax(logits, dim=1, dtype=wide).to(logits.dtype), h_below)
 
     def with_aux(self, distribution: torch.Tensor, h_below: torch.Tensor) -> torch.Tensor:
         """[o, z]: a class distribution and, for AO-SDTP, the fixed random features z of h_{L-1}."""
