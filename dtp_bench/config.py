@@ -120,6 +120,9 @@ class TrainerConfig:
     checkpoint: bool = True  # checkpoint.pt after every epoch (atomic)
     progress: str = "auto"  # auto = a tqdm bar only when stdout is a terminal; on; off
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are already)
+    # forward blocks (0 = first) whose weights are never updated: a control, e.g. every hidden
+    # block frozen = only the output block learns, on fixed random features
+    frozen_blocks: list[int] = field(default_factory=list)
 
     def validate(self, key: str = "trainer") -> None:
         check_positive(self.epochs, f"{key}.epochs")
@@ -131,6 +134,8 @@ class TrainerConfig:
         for name in ("limit_train_batches", "limit_eval_batches"):
             value = getattr(self, name)
             check(value is None or value > 0, f"{key}.{name}", f"must be null or > 0, got {value}")
+        check(all(b >= 0 for b in self.frozen_blocks) and len(set(self.frozen_blocks)) == len(self.frozen_blocks),
+              f"{key}.frozen_blocks", f"block indices, 0 for the first, each once; got {self.frozen_blocks}")
         device = self.device
         check(device in ("auto", "cpu", "mps") or device.startswith("cuda"), f"{key}.device",
               f"got {device!r}; use auto, cpu, cuda, cuda:N or mps")

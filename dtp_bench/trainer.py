@@ -131,6 +131,8 @@ class Trainer:
         self.network.to(device=self.device, dtype=self.dtype)
         self.algorithm: Algorithm = build_algorithm(typed.algorithm, self.network, t.epochs)
         self.algorithm.to(device=self.device, dtype=self.dtype)
+        if t.frozen_blocks:
+            self.algorithm.freeze_blocks(t.frozen_blocks)
         self.generator = torch.Generator(device=self.device).manual_seed(typed.seed)
         self.history: list[dict] = []
         self.best_test_error = math.inf

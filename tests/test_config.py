@@ -111,6 +111,8 @@ def test_unknown_group_option_lists_the_choices():
     ("trainer.precision=fp16", "trainer.precision"),
     ("trainer.device=tpu", "trainer.device"),
     ("trainer.progress=sometimes", "trainer.progress"),
+    ("trainer.frozen_blocks=[-1]", "trainer.frozen_blocks"),
+    ("trainer.frozen_blocks=[0,0]", "trainer.frozen_blocks"),
     ("dataset.std=[0.0]", "dataset.std"),
     ("dataset.mean=[0.1,0.2]", "dataset.mean"),
     ("logger.mode=cloud", "logger.mode"),
@@ -138,6 +140,7 @@ def test_validate_rejects(override, key):
     (["trainer.device=cudafoo"], "trainer.device"),
     (["arch=conv", "dataset.pca_components=10"], "arch"),  # incompatible arch × dataset option
     (["algorithm=dtp", "arch.hidden=[]"], "algorithm.first_target"),
+    (["trainer.frozen_blocks=[3]"], "trainer.frozen_blocks"),  # arch.hidden=[32,32]: blocks 0..2
 ])
 def test_rejected_when_the_run_is_built(data_root, tmp_path, overrides, key):
     from conftest import tiny_overrides

@@ -59,6 +59,24 @@ def test_fw_dtp_batch_norm_variant_normalises_inside_feedback_and_targets():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("eps", [1e-5, 1e-24])
+def test_batch_norm_eps_reaches_the_net_the_feedback_and_the_targets(eps):
+    """arch.batch_norm_eps is used by the forward blocks' BN, the BN inside g̃ and the targets' BN.
+    It matters when a is small: σ(Bτ) then varies by ~a per feature, comparable to √eps = 3e-3 at
+    the default, so only a tiny eps (the authors' std + 1e-12) gives targets of unit variance."""
+    cfg = composed("algorithm=fw_dtp", "arch.batch_norm=true", "algorithm.target_batch_norm=true",
+                   f"arch.batch_norm_eps={eps}", "algorithm.feedback_init_gain=1e-3")
+    net, algo = small(cfg)
+    norms = [m for m in [*net.modules(), *algo.feedback.modules(), algo.target_norm]
+             if isinstance(m, BatchNormNoAffine)]
+    assert len(norms) == 2 * (len(net) - 1) + 1 and {m.eps for m in norms} == {eps}
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    with torch.no_grad():
+        hs, ctxs = net.activations_ctx(x)
+        g_out = algo.feedback["1"](hs[2], ctxs[1])
+    assert (g_out.var(0, unbiased=False).mean() > 0.99) == (eps == 1e-24)
+
+
 def test_batch_normalised_feedback_sees_target_and_activation_batches_apart():
     # FW-DTP-BN: τ_i = h_i + g̃(τ_{i+1}) − g̃(h_{i+1}), each g̃ normalising over its own batch
     cfg = composed("algorithm=fw_dtp", "arch.batch_norm=true")

@@ -405,3 +405,22 @@ def test_a_resumed_run_logs_to_the_same_wandb_run(data_root, tmp_path, monkeypat
     run_config(overrides, tmp_path / "other")
     assert calls[0]["id"] == calls[1]["id"] != calls[2]["id"]
     assert calls[1]["resume"] == "allow"
+
+
+@pytest.mark.parametrize("algorithm,extra", [
+    ("bp", ["algorithm.optimizer.weight_decay=0.1"]),  # weight decay must not move them either
+    ("fa", []), ("dtp", []), ("fw_dtp", []), ("drl", ["algorithm.feedback_pretrain_epochs=0"]),
+    ("scaling_dtp", ["algorithm.feedback_iterations=1"]),
+])
+def test_frozen_blocks_keep_their_initial_weights(data_root, tmp_path, algorithm, extra):
+    """trainer.frozen_blocks: those blocks end exactly where they started, the others move (the
+    initial weights are read from the checkpoint of a 1-epoch run with the whole net frozen)."""
+    base = tiny_overrides(data_root, epochs=1, algorithm=algorithm) + extra + ["trainer.limit_train_batches=4"]
+    runs = {"start": "[0,1,2]", "partly": "[0,1]"}
+    weights = {}
+    for name, frozen in runs.items():
+        run_config(base + [f"trainer.frozen_blocks={frozen}"], tmp_path / name)
+        state = torch.load(tmp_path / name / CHECKPOINT, weights_only=True)["algorithm"]["modules"]
+        weights[name] = {k: v for k, v in state.items() if k.startswith("network.")}
+    moved = {k for k, v in weights["partly"].items() if not torch.equal(v, weights["start"][k])}
+    assert moved and all(k.startswith("network.blocks.2.") for k in moved), sorted(moved)

@@ -65,6 +65,20 @@ class Algorithm(nn.Module):
                               f"{self.cfg.optimizer.lr}; per-layer lists are for the target-propagation family")
         return self.add_optimizer("forward", build_optimizer(self.cfg.optimizer, params), self.cfg.optimizer)
 
+    def freeze_blocks(self, indices: list[int]) -> None:
+        """Never update the forward weights of these blocks: their gradients are dropped before
+        every step of the forward optimizer (so neither momentum nor weight decay moves them)."""
+        n = len(self.network.blocks)
+        if any(i >= n for i in indices):
+            raise ConfigError(f"trainer.frozen_blocks: this net has {n} blocks (0..{n - 1}); got {list(indices)}")
+        frozen = [p for i in indices for p in self.network.blocks[i].parameters()]
+
+        def drop_gradients(optimizer, args, kwargs):
+            for p in frozen:
+                p.grad = None
+
+        self.optimizers["forward"].register_step_pre_hook(drop_gradients)
+
     # ------------------------------------------------------------ what the trainer calls
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Update on one batch. Returns (mean task loss, logits), both detached, computed on the

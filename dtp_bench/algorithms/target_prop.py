@@ -54,6 +54,9 @@ class TargetPropagation(Algorithm):
         self.output_on_task_loss = cfg.first_target in ("penultimate_gradient", "label")
         self.noise = dict(zip(self.feedback_blocks,
                               per_layer(cfg.noise, len(self.feedback_blocks), "algorithm.noise")))
+        # FW-DTP-BN's targets are normalised as the forward blocks are (the same eps)
+        norm = next((m for m in network.modules() if isinstance(m, BatchNormNoAffine)), BatchNormNoAffine())
+        self.target_norm = copy.deepcopy(norm)
 
         self.aux: Optional[nn.Linear] = None
         if cfg.aux_output_size:
@@ -86,8 +89,9 @@ class TargetPropagation(Algorithm):
             return make_activation(self.cfg.feedback_activation)
         below = self.network.blocks[i - 1]
         activation = copy.deepcopy(below.activation)
-        if any(isinstance(op, BatchNormNoAffine) for op in below.ops):
-            return nn.Sequential(activation, BatchNormNoAffine())  # FW-DTP-BN: g̃(τ) = BN(σ(Bτ))
+        norm = next((op for op in below.ops if isinstance(op, BatchNormNoAffine)), None)
+        if norm is not None:  # FW-DTP-BN: g̃(τ) = BN(σ(Bτ)), normalised as the forward block is
+            return nn.Sequential(activation, copy.deepcopy(norm))
         return activation
 
     def build_feedback(self, i: int) -> FeedbackBlock:
@@ -215,7 +219,7 @@ class TargetPropagation(Algorithm):
 
     def targets(self, hs: list[torch.Tensor], ctxs: list[dict], y: torch.Tensor) -> dict[int, torch.Tensor]:
         targets = {self.first_level: self.first_target(hs, y)}
-        normalise = BatchNormNoAffine() if self.cfg.target_batch_norm else None
+        normalise = self.target_norm if self.cfg.target_batch_norm else None
         with torch.no_grad():
             for i in reversed(self.feedback_blocks):
                 targets[i] = self.propagate(i, targets[i + 1], hs, ctxs)

@@ -336,7 +336,7 @@ def hidden_block(cfg, weight_op: nn.Module, *before: nn.Module, pool: Optional[n
     init_layer(weight_op, cfg.init, cfg.init_gain)
     ops = [*before, weight_op, make_activation(cfg.activation, cfg.negative_slope)]
     ops += [pool] if pool is not None else []
-    ops += [BatchNormNoAffine()] if cfg.batch_norm else []
+    ops += [BatchNormNoAffine(cfg.batch_norm_eps)] if cfg.batch_norm else []
     return Block(*ops)
 
 

@@ -24,12 +24,15 @@ class ArchConfig:
     init_gain: float = 1.0
     batch_norm: bool = False  # parameter-free batch normalisation after each hidden nonlinearity,
     #                           batch statistics at train and test time (FW-DTP's BN variant)
+    batch_norm_eps: float = 1e-5  # (x − mean) / √(var + eps), also in FW-DTP-BN's feedback and targets
+    #                               (the FW-DTP authors' code: / (std + 1e-12), i.e. eps ≈ 1e-24)
 
     def validate(self, key: str = "arch") -> None:
         check_choice(self.activation, f"{key}.activation", ACTIVATIONS)
         check_choice(self.output_activation, f"{key}.output_activation", ACTIVATIONS)
         check_choice(self.init, f"{key}.init", INITS)
         check_positive(self.init_gain, f"{key}.init_gain")
+        check_positive(self.batch_norm_eps, f"{key}.batch_norm_eps")
         check_positive(self.negative_slope, f"{key}.negative_slope", allow_zero=True)
 
 
