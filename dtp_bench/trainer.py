@@ -100,9 +100,15 @@ def _config_fingerprint(cfg) -> dict:
     return flat
 
 
+# keys added after checkpoints existed, with the value that reproduces the old behaviour: a
+# checkpoint without the key resumes when the run leaves it there
+ADDED_KEYS = {"trainer.frozen_blocks": [], "arch.batch_norm_eps": 1e-5}
+
+
 def _config_changes(stored: str, cfg) -> list[str]:
     """The dotted keys whose values differ between a checkpoint's config (JSON) and ``cfg``."""
     old, new = _config_fingerprint(json.loads(stored)), _config_fingerprint(cfg)  # idempotent on flat dicts
+    old = {**{k: v for k, v in ADDED_KEYS.items() if k in new}, **old}
     return sorted(k for k in old.keys() | new.keys() if old.get(k, "<missing>") != new.get(k, "<missing>"))
 
 

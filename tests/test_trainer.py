@@ -310,6 +310,15 @@ def test_checkpoints_of_the_nested_fingerprint_format_still_resume():
     assert _config_changes(flat, relabelled) == []
 
 
+def test_checkpoints_older_than_a_config_key_resume_while_it_keeps_the_old_behaviour():
+    stored = json.dumps({"seed": 1, "trainer.batch_size": 8, "arch.batch_norm": False})
+    cfg = OmegaConf.create({"seed": 1, "trainer": {"batch_size": 8, "frozen_blocks": []},
+                            "arch": {"batch_norm": False, "batch_norm_eps": 1e-5}})
+    assert _config_changes(stored, cfg) == []
+    changed = OmegaConf.merge(cfg, {"trainer": {"frozen_blocks": [0]}, "arch": {"batch_norm_eps": 1e-24}})
+    assert _config_changes(stored, changed) == ["arch.batch_norm_eps", "trainer.frozen_blocks"]
+
+
 class _RunsCode:
     def __init__(self, marker):
         self.marker = marker
