@@ -392,7 +392,7 @@ def fw_extras() -> None:
             "rates up to 8, which only BN tolerates). Hyperparameters: their "
             "README's MNIST command (lr 0.1, stepsize 0.04), not searched for F-MNIST. Differences: that command "
             "also batch-normalises the logits (ours are not); their std is the unbiased one.")
-    label, _, _, values = FW["fw_dtp"]
+    values = FW["fw_dtp"][3]
     mean, std = values["fmnist"]
     write("shibuya2023/fmnist/fw_dtp_bn",
           "FW-DTP-BN (the authors' code's default variant) on F-MNIST, beside the paper's FW-DTP value "
