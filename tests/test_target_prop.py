@@ -331,19 +331,6 @@ def test_alternating_schedule_trains_feedback_for_a_whole_epoch_first():
 
 
 # ---------------------------------------------------------------- learning on real data
-def freeze_blocks(algo, blocks):
-    """``algo`` with the forward weights of ``blocks`` frozen: a step pre-hook on the forward
-    optimizer drops their ``.grad`` (SGD and Adam skip a parameter whose grad is None: no step, no
-    weight decay, no momentum), everything else (feedback training, targets) runs as usual."""
-    params = [p for i in blocks for p in algo.network.blocks[i].parameters()]
-
-    def drop(optimizer, args, kwargs):
-        for p in params:
-            p.grad = None
-    algo.optimizers["forward"].register_step_pre_hook(drop)
-    return algo
-
-
 def propagated_blocks(algo) -> list[int]:
     """The blocks trained toward targets that came down through feedback: blocks 0 … first_level−2
     (block i−1 produces h_i, whose target ĥ_i is propagated for i in feedback_blocks)."""
@@ -357,7 +344,8 @@ def loss_against_frozen(algo, x, y, steps: int, frozen_blocks=None) -> tuple[flo
     hidden layers learn must end below the copy that only trains the layers above them."""
     frozen_blocks = propagated_blocks(algo) if frozen_blocks is None else frozen_blocks
     assert frozen_blocks, "nothing to freeze"
-    frozen = freeze_blocks(copy.deepcopy(algo), frozen_blocks)
+    frozen = copy.deepcopy(algo)
+    frozen.freeze_blocks(frozen_blocks)  # trainer.frozen_blocks' mechanism (tests/test_trainer.py)
     torch.manual_seed(0)
     start, end = loss_before_after(algo, algo.network, x, y, steps=steps)
     torch.manual_seed(0)
