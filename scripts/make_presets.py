@@ -293,24 +293,32 @@ FW_SEARCH = {  # method: Optuna params (TPE, F-MNIST)
                "algorithm.feedback_init_gain": "tag(log, interval(1e-3, 1e-1))"},
 }
 FW_SEARCH_TRIALS, FW_SEARCH_EPOCHS = 40, 30
-# Values chosen by the F-MNIST validation search run here (lowest final validation error; the test set
-# never seen), at a reduced budget: 12 trials (Optuna TPE, seed 0: the first 10 are random) x 10 epochs.
-# Trials: results/runs/shibuya2023_search_fmnist_<row>_12x10ep. Rows without an entry keep the defaults.
+# Values chosen by the validation searches run here (lowest final validation error; the test set never
+# seen), at a reduced budget: 12 trials (Optuna TPE, seed 0: the first 10 are random) x 10 epochs. Only
+# F-MNIST is reachable here. Trials: results/runs/shibuya2023_search_fmnist_<row>_12x10ep. Cells without
+# an entry keep the algorithm's defaults until their column's search has run.
 FW_CHOSEN_BUDGET = "12 trials (Optuna TPE, seed 0; the first 10 random) x 10 epochs"
-FW_CHOSEN = {  # row: {dotted key: value} (trial values rounded to 4 significant digits), F-MNIST column only
-    "bp": {"algorithm.optimizer.lr": 7.036e-4},  # trial 4
-    "fw_dtp": {"algorithm.optimizer.lr": 0.2160, "algorithm.target_step": 0.4074,
-               "algorithm.feedback_init_gain": 0.09062},  # trial 6
-    "dtp_0.5m": {"algorithm.optimizer.lr": 8.569e-4, "algorithm.feedback_optimizer.lr": 2.484e-5,
-                 "algorithm.target_step": 0.7217, "algorithm.noise": 7.151e-3},  # trial 10
-    "dtp_1.1m": {"algorithm.optimizer.lr": 8.459e-4, "algorithm.feedback_optimizer.lr": 1.414e-4,
-                 "algorithm.target_step": 0.2372, "algorithm.noise": 0.02676},  # trial 2
-    "l_drl_0.5m": {"algorithm.optimizer.lr": 0.2656, "algorithm.feedback_optimizer.lr": 0.02497,
-                   "algorithm.target_step": 0.08374, "algorithm.noise": 0.2119},  # trial 5
-    # trial 5 again: both searches drew the same 10 random trials (sampler seed 0), and it won both
-    "l_drl_1.1m": {"algorithm.optimizer.lr": 0.2656, "algorithm.feedback_optimizer.lr": 0.02497,
-                   "algorithm.target_step": 0.08374, "algorithm.noise": 0.2119},
+FW_CHOSEN = {  # column: {row: {dotted key: value}} (trial values rounded to 4 significant digits)
+    "fmnist": {
+        "bp": {"algorithm.optimizer.lr": 7.036e-4},  # trial 4
+        "fw_dtp": {"algorithm.optimizer.lr": 0.2160, "algorithm.target_step": 0.4074,
+                   "algorithm.feedback_init_gain": 0.09062},  # trial 6
+        "dtp_0.5m": {"algorithm.optimizer.lr": 8.569e-4, "algorithm.feedback_optimizer.lr": 2.484e-5,
+                     "algorithm.target_step": 0.7217, "algorithm.noise": 7.151e-3},  # trial 10
+        "dtp_1.1m": {"algorithm.optimizer.lr": 8.459e-4, "algorithm.feedback_optimizer.lr": 1.414e-4,
+                     "algorithm.target_step": 0.2372, "algorithm.noise": 0.02676},  # trial 2
+        "l_drl_0.5m": {"algorithm.optimizer.lr": 0.2656, "algorithm.feedback_optimizer.lr": 0.02497,
+                       "algorithm.target_step": 0.08374, "algorithm.noise": 0.2119},  # trial 5
+        # trial 5 again: both searches drew the same 10 random trials (sampler seed 0), and it won both
+        "l_drl_1.1m": {"algorithm.optimizer.lr": 0.2656, "algorithm.feedback_optimizer.lr": 0.02497,
+                       "algorithm.target_step": 0.08374, "algorithm.noise": 0.2119},
+    },
 }
+
+
+def fw_search_name(col: str, row: str) -> str:
+    """The search preset of a cell; F-MNIST's keep the names their committed runs were made under."""
+    return f"shibuya2023/search/{row}" if col == "fmnist" else f"shibuya2023/search/{col}/{row}"
 
 
 def nest(dotted: dict) -> dict:
@@ -331,17 +339,22 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
     hidden = FW_WIDTH[("cifar" if col.startswith("cifar") else "mnist", size)]
     body = {"arch": {**FW_NET["arch"], "hidden": hidden}, "trainer": {"epochs": 100, "batch_size": 256}}
     mean, std = values.get(col, (None, None))
-    chosen = FW_CHOSEN.get(row, {}) if col == "fmnist" and not search else {}
+    chosen = {} if search else FW_CHOSEN.get(col, {}).get(row, {})
     body.update(nest(chosen))
+    search_name = fw_search_name(col, row)
     if chosen:
-        hyper = (f"Hyperparameters chosen on the F-MNIST validation split by experiment=shibuya2023/search/{row} at a "
+        hyper = (f"Hyperparameters chosen on the {col_label} validation split by experiment={search_name} at a "
                  f"reduced budget ({FW_CHOSEN_BUDGET}): " + ", ".join(f"{k}={v}" for k, v in chosen.items())
                  + "; the rest are the algorithm's defaults.")
     elif algo == "drl" and col == "fmnist":
         hyper = "Hyperparameters: Meulemans et al.'s final F-MNIST config (fmnist_DTPDRL), our drl defaults."
     else:
-        hyper = ("Hyperparameters: the algorithm's defaults (the authors published none per cell); to be replaced "
-                 f"by the result of a validation search (experiment=shibuya2023/search/{row} searches on F-MNIST).")
+        hyper = ("Hyperparameters: the algorithm's defaults (the authors published none per cell) until the column's "
+                 f"validation search, experiment={search_name}, has run (its best values go into FW_CHOSEN in "
+                 "scripts/make_presets.py; then `make presets`).")
+        if algo == "fw_dtp":
+            hyper += (" At the default feedback scale a = 0.01 (no batch norm) FW-DTP's hidden layers barely learn "
+                      "(docs/algorithms.md, 'FW-DTP's feedback scale'): run the search first.")
     notes = [hyper,
              "Net as the authors' code: no biases, orthogonal init, tanh, 100 epochs, batch 256; every dataset "
              "normalised with its own statistics (their code used MNIST's for all)."]
@@ -361,19 +374,20 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
     comment = f"Shibuya et al. 2023 (FW-DTP), results table, row '{label}', column '{col_label}'" + (
         f": paper test error {mean} +- {std}%." if mean is not None else ": no paper value.")
     if search:
-        table = "search (F-MNIST)"
-        rel = f"shibuya2023/search/{row}"
+        table = f"search ({col_label})"
+        rel = search_name
         body["trainer"].update({"epochs": FW_SEARCH_EPOCHS, "val_size": 10000})
         defaults += ["override /hydra/sweeper: optuna", "override /hydra/sweeper/sampler: tpe"]
         body["hydra"] = {"sweep": {"subdir": SEARCH_SUBDIR},
-                         "sweeper": {"direction": "minimize", "study_name": f"shibuya2023_search_{row}",
+                         "sweeper": {"direction": "minimize",
+                                     "study_name": "_".join(["shibuya2023_search", *([] if col == "fmnist" else [col]), row]),
                                      "n_trials": FW_SEARCH_TRIALS, "n_jobs": 1, "sampler": {"seed": 0},
                                      "params": FW_SEARCH[algo]}}
         notes = [f"Search budget: {FW_SEARCH_TRIALS} trials (Optuna TPE, seed 0) x {FW_SEARCH_EPOCHS} epochs on "
-                 f"F-MNIST minus a 10000-example validation split; minimises the final validation error (never the "
-                 f"test set). Put the best values (multirun/.../optimization_results.yaml) into FW_CHOSEN in "
+                 f"{col_label} minus a 10000-example validation split; minimises the final validation error (never the "
+                 f"test set). Put the best values (multirun/.../optimization_results.yaml) into FW_CHOSEN['{col}'] in "
                  f"scripts/make_presets.py and run `make presets` (the cell presets are generated)."] + notes[1:]
-        comment = f"Hyperparameter search for '{label}' on F-MNIST (validation split)."
+        comment = f"Hyperparameter search for '{label}' on {col_label} (validation split)."
     body["reference"] = {"paper": "shibuya2023", "table": table, "row": label, "column": col_label,
                          "metric": "test_error", "value": mean, "std": std, "note": " ".join(notes)}
     write(rel, comment + "\n" + "\n".join(notes), body, defaults)
@@ -422,7 +436,7 @@ def fw_extras() -> None:
              "dtp": ("0.01,0.03,0.1,0.3,1.0", "1e-5,3e-5,1e-4,3e-4,1e-3")}
     # FW-DTP's feedback scale: at the poster's a = 0.01 (no batch norm) only the output layer learns;
     # with the F-MNIST cell's searched a the grid measures FW-DTP itself
-    gain = FW_CHOSEN["fw_dtp"]["algorithm.feedback_init_gain"]
+    gain = FW_CHOSEN["fmnist"]["fw_dtp"]["algorithm.feedback_init_gain"]
     for algo, (betas, lrs) in grids.items():
         scale = (f"\nFeedback scale a = {gain}, the F-MNIST cell's searched value: at the poster's a = 0.01 without batch "
                  f"norm only the output layer learns (docs/algorithms.md)." if algo == "fw_dtp" else "")
@@ -603,8 +617,10 @@ def main() -> None:
             if row == "tp" and col != "mnist":
                 continue
             fw_cell(col, row)
-    for row in FW:
-        fw_cell("fmnist", row, search=True)
+    for col in FW_COLUMNS:
+        for row, (label, algo, size, values) in FW.items():
+            if col == "fmnist" or col in values:  # TP has an MNIST cell only (and an F-MNIST search)
+                fw_cell(col, row, search=True)
     fw_extras()
     for (arch, col), rows in ERN.items():
         for row in rows:

@@ -198,3 +198,24 @@ def test_investigation_dtp_uses_rmsprop_in_both_pathways_when_asked():
     mixed = compose(["experiment=investigation2019/mixed_optimizers", "algorithm.optimizer.name=rmsprop",
                      "algorithm.feedback_optimizer.name=adam"]).algorithm
     assert (mixed.optimizer.name, mixed.feedback_optimizer.name) == ("rmsprop", "adam")
+
+
+SHIBUYA_CELLS = [p for p in PRESETS if p.startswith("shibuya2023/") and p.count("/") == 2
+                 and "/search/" not in p and "/sensitivity/" not in p and not p.endswith("_bn")]
+
+
+@pytest.mark.parametrize("cell", SHIBUYA_CELLS)
+def test_shibuya_cell_has_a_search_on_its_own_net_and_dataset(cell):
+    # a cell's hyperparameters come from a validation search of the same net on the same dataset
+    col, row = cell.split("/")[1:]
+    search = f"shibuya2023/search/{row}" if col == "fmnist" else f"shibuya2023/search/{col}/{row}"
+    assert search in PRESETS
+    cell_cfg, search_cfg = compose([f"experiment={cell}"]), compose([f"experiment={search}"])
+    assert search_cfg.arch == cell_cfg.arch
+    assert search_cfg.dataset == cell_cfg.dataset
+    assert search_cfg.algorithm.name == cell_cfg.algorithm.name
+    assert search_cfg.trainer.batch_size == cell_cfg.trainer.batch_size
+    assert search_cfg.trainer.val_size > 0 and cell_cfg.trainer.val_size == 0
+    hydra_cfg = compose([f"experiment={search}"], return_hydra_config=True).hydra
+    for key in hydra_cfg.sweeper.params:
+        assert OmegaConf.select(cell_cfg, key) is not None, key
