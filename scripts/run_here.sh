@@ -61,6 +61,11 @@ done
 # Ernoult et al. LeNet on F-MNIST, BP: 2 epochs of the paper's 90 (77-90 s per epoch here, 1 thread)
 $PY train.py experiment=ernoult2022/lenet_fmnist/bp seed=1 trainer.epochs=2 trainer.checkpoint=false \
     trainer.progress=off hydra.run.dir=$RUNS/ernoult2022_lenet_fmnist_bp_2ep
+# ... and the paper's 90 epochs x seeds 1-3: three jobs on the two cores, niced, beside other sweeps, over
+# several sessions (checkpoints on: each stop was continued by this command with resume=true). The sweep
+# ran in a folder outside the repo and was moved here, checkpoints deleted, once all three had finished.
+nice -n 10 $PY train.py -m experiment=ernoult2022/lenet_fmnist/bp seed=1,2,3 $JOBLIB hydra.launcher.n_jobs=3 \
+    hydra.sweep.dir=$RUNS/ernoult2022_lenet_fmnist_bp_90ep
 
 # FW-DTP's control (output layer only, with the cell's hyperparameters) and FW-DTP-BN, the authors'
 # code's default variant, at the paper's budget; one job at a time, niced beside other sweeps
