@@ -614,12 +614,11 @@ def main() -> None:
         bart_imagenet(row)
     for col in FW_COLUMNS:
         for row, (label, algo, size, values) in FW.items():
-            if row == "tp" and col != "mnist":
-                continue
-            fw_cell(col, row)
+            if col in values:  # the table's printed cells (TP: MNIST only)
+                fw_cell(col, row)
     for col in FW_COLUMNS:
         for row, (label, algo, size, values) in FW.items():
-            if col == "fmnist" or col in values:  # TP has an MNIST cell only (and an F-MNIST search)
+            if col in values or col == "fmnist":  # every printed cell's, and TP's F-MNIST stand-in
                 fw_cell(col, row, search=True)
     fw_extras()
     for (arch, col), rows in ERN.items():
