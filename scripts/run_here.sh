@@ -44,6 +44,11 @@ done
 $PY train.py -m experiment=shibuya2023/fmnist/drl_0.5m,shibuya2023/fmnist/drl_1.1m \
     seed=1,2,3 trainer.epochs=5 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_drl_5ep
 # (two 2-epoch L-DRL runs made with the algorithm defaults were removed once the presets got their searched values)
+# L-DRL 0.5M at the paper's budget (100 epochs, seeds 1-3): three jobs on the two cores, niced, over two
+# sessions (checkpoints on; the stop was continued by this command with resume=true). The sweep ran in a
+# folder outside the repo and was moved here, checkpoints deleted, once all three had finished.
+nice -n 10 $PY train.py -m experiment=shibuya2023/fmnist/l_drl_0.5m seed=1,2,3 $JOBLIB hydra.launcher.n_jobs=3 \
+    hydra.sweep.dir=$RUNS/shibuya2023_fmnist_l_drl_0.5m_100ep
 
 # "Empirical investigation" depth and width grids on Fashion-MNIST (the originals were MNIST), reduced epochs
 $PY train.py -m experiment=investigation2019_fmnist/depth trainer.epochs=10 trainer.checkpoint=false $JOBLIB \
