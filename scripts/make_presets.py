@@ -316,6 +316,25 @@ FW_CHOSEN = {  # column: {row: {dotted key: value}} (trial values rounded to 4 s
 }
 
 
+# DRL is Meulemans et al.'s method, and they published a tuned config per dataset (final_configs/<dataset>_DTPDRL
+# of their repo). Our drl defaults are their F-MNIST one; these are the values by which their MNIST and CIFAR-10
+# configs differ (CIFAR-100 has none and takes CIFAR-10's). Net, epochs and batch stay the FW-DTP table's.
+MEULEMANS_DRL = {  # column: {dotted key: value} (their full-precision values, rounded to 5 significant digits)
+    "mnist": {"algorithm.target_step": 0.068589, "algorithm.noise": 0.056879,
+              "algorithm.optimizer.lr": 2.9689e-5, "algorithm.optimizer.beta1": 0.9,
+              "algorithm.optimizer.beta2": 0.99, "algorithm.optimizer.eps": 1.0011e-8,
+              "algorithm.feedback_optimizer.lr": 2.0123e-5, "algorithm.feedback_optimizer.beta2": 0.999,
+              "algorithm.feedback_optimizer.eps": 5.0845e-8, "algorithm.feedback_optimizer.weight_decay": 5.385e-6},
+    "cifar10": {"algorithm.target_step": 0.026212, "algorithm.noise": 0.099229,
+                "algorithm.optimizer.lr": 1.4115e-5, "algorithm.optimizer.beta1": 0.9,
+                "algorithm.optimizer.beta2": 0.99, "algorithm.optimizer.eps": 5.3724e-7,
+                "algorithm.feedback_optimizer.lr": 1.5184e-4, "algorithm.feedback_optimizer.beta2": 0.999,
+                "algorithm.feedback_optimizer.eps": 9.6683e-6, "algorithm.feedback_optimizer.weight_decay": 1.2559e-5,
+                "algorithm.feedback_pretrain_epochs": 10, "algorithm.extra_feedback_epochs": 2},
+}
+MEULEMANS_DRL_CONFIG = {"mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar10"}  # column: whose config
+
+
 def fw_search_name(col: str, row: str) -> str:
     """The search preset of a cell; F-MNIST's keep the names their committed runs were made under."""
     return f"shibuya2023/search/{row}" if col == "fmnist" else f"shibuya2023/search/{col}/{row}"
@@ -340,14 +359,22 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
     body = {"arch": {**FW_NET["arch"], "hidden": hidden}, "trainer": {"epochs": 100, "batch_size": 256}}
     mean, std = values.get(col, (None, None))
     chosen = {} if search else FW_CHOSEN.get(col, {}).get(row, {})
-    body.update(nest(chosen))
+    published = MEULEMANS_DRL[MEULEMANS_DRL_CONFIG[col]] if algo == "drl" and col != "fmnist" else {}
+    body.update(nest({**published, **chosen}))
     search_name = fw_search_name(col, row)
     if chosen:
         hyper = (f"Hyperparameters chosen on the {col_label} validation split by experiment={search_name} at a "
                  f"reduced budget ({FW_CHOSEN_BUDGET}): " + ", ".join(f"{k}={v}" for k, v in chosen.items())
-                 + "; the rest are the algorithm's defaults.")
+                 + "; the rest are " + (f"Meulemans et al.'s {MEULEMANS_DRL_CONFIG[col]}_DTPDRL config." if published
+                                        else "the algorithm's defaults."))
     elif algo == "drl" and col == "fmnist":
         hyper = "Hyperparameters: Meulemans et al.'s final F-MNIST config (fmnist_DTPDRL), our drl defaults."
+    elif published:
+        source = MEULEMANS_DRL_CONFIG[col]
+        hyper = (f"Hyperparameters: Meulemans et al.'s final {FW_COLUMNS[source][0]} config ({source}_DTPDRL)"
+                 + ("" if source == col else f"; they published none for {col_label}")
+                 + f". The column's validation search, experiment={search_name}, tunes the four main values "
+                 "(its best go into FW_CHOSEN in scripts/make_presets.py; then `make presets`).")
     else:
         hyper = ("Hyperparameters: the algorithm's defaults (the authors published none per cell) until the column's "
                  f"validation search, experiment={search_name}, has run (its best values go into FW_CHOSEN in "
@@ -387,6 +414,9 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
                  f"{col_label} minus a 10000-example validation split; minimises the final validation error (never the "
                  f"test set). Put the best values (multirun/.../optimization_results.yaml) into FW_CHOSEN['{col}'] in "
                  f"scripts/make_presets.py and run `make presets` (the cell presets are generated)."] + notes[1:]
+        if published:
+            notes.insert(1, f"The values not searched are Meulemans et al.'s final "
+                            f"{FW_COLUMNS[MEULEMANS_DRL_CONFIG[col]][0]} config ({MEULEMANS_DRL_CONFIG[col]}_DTPDRL).")
         comment = f"Hyperparameter search for '{label}' on {col_label} (validation split)."
     body["reference"] = {"paper": "shibuya2023", "table": table, "row": label, "column": col_label,
                          "metric": "test_error", "value": mean, "std": std, "note": " ".join(notes)}
