@@ -370,6 +370,12 @@ def save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
+def line_style(index: int) -> str:
+    """Matplotlib's colour cycle has ten colours: lines after the tenth repeat a colour, so they
+    change the dash pattern instead (two rows drawn identically cannot be told apart)."""
+    return ("-", "--", ":", "-.")[(index // 10) % 4]
+
+
 def mean_curve(cell: Cell) -> tuple[list[int], list[float], int]:
     """(epochs, mean test error, n) over the runs the table counts: an unfinished or diverged run
     would cut or bend the curve. Each epoch is the mean over the runs that reached it."""
@@ -396,7 +402,7 @@ def learning_curves(cells: list[Cell], title: str, path: Path) -> bool:
         if accuracy:
             mean = [100.0 - m for m in mean]
         label = str(cell.ref.get("row", "")) + (f" [{cell.variant}]" if cell.variant else "") + f" (n={n})"
-        ax.plot(epochs, mean, label=label, marker="." if len(epochs) < 30 else None)
+        ax.plot(epochs, mean, label=label, marker="." if len(epochs) < 30 else None, linestyle=line_style(drawn))
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -543,9 +549,10 @@ def sweep_plot(cells: list[Cell], title: str, path: Path) -> bool:
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label in sorted(lines):
+    for index, label in enumerate(sorted(lines)):
         xs = sorted(lines[label])
-        ax.plot(xs, [statistics.fmean(lines[label][x]) for x in xs], marker="o", label=label)
+        ax.plot(xs, [statistics.fmean(lines[label][x]) for x in xs], marker="o", label=label,
+                linestyle=line_style(index))
     if kind == "categorical":
         ax.set_xticks(positions, raw)
     elif kind == "numeric" and min(positions) > 0 and max(positions) / min(positions) >= 100:

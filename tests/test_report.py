@@ -135,6 +135,20 @@ def test_learning_curve_uses_the_runs_the_table_counts(fixture_dirs):
     assert report.mean_curve(cell) == ([1, 2, 3], [3.5, 2.5, 2.5], 2)
 
 
+def test_learning_curves_draw_every_row_distinguishably(tmp_path, monkeypatch):
+    # twelve rows on one plot: more than matplotlib's ten colours (the FW-DTP F-MNIST column has them)
+    report = load_report()
+    for i in range(12):
+        write_run(tmp_path / f"r{i}", {**REF_FW, "row": f"row {i:02d}"}, 0, [12.0 + i, 11.0 + i], [10.0, 9.0])
+    cells = list(report.build_cells(report.find_runs([tmp_path]), []).values())
+    figures = []
+    monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig))
+    assert report.learning_curves(cells, "t", tmp_path / "curves.png")
+    lines = figures[0].axes[0].get_lines()
+    assert len(lines) == 12
+    assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 12
+
+
 def test_sensitivity_map_skips_runs_in_progress(tmp_path):
     report = load_report()
     write_run(tmp_path / "r", REF_FW, 0, [12.0], [11.0], status="running",
