@@ -335,6 +335,18 @@ MEULEMANS_DRL = {  # column: {dotted key: value} (their full-precision values, r
 MEULEMANS_DRL_CONFIG = {"mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar10"}  # column: whose config
 
 
+# The table's DRL and L-DRL rows were made with the authors' code, where both are only feedback losses inside their
+# DTP trainer; we run each method as its own paper defines it, and say so in the cell.
+_IN_THEIR_CODE = ("In the authors' code DRL and L-DRL are feedback losses inside their DTP trainer (plain SGD; "
+                  "`epochs_backward` feedback steps per batch, default 5, and as many feedback-only epochs first; "
+                  "its DRL regresses onto the clean activation, a bug). ")
+FW_FEEDBACK_LOSS_ROWS = {
+    "drl": _IN_THEIR_CODE + ("This cell runs DRL as Meulemans et al. define it (their code trains in float64, this "
+                             "preset in float32: add trainer.precision=fp64 for theirs)."),
+    "scaling_dtp": _IN_THEIR_CODE + "This cell runs Ernoult et al.'s L-DRL with scalingDTP's optimiser and schedule.",
+}
+
+
 def fw_search_name(col: str, row: str) -> str:
     """The search preset of a cell; F-MNIST's keep the names their committed runs were made under."""
     return f"shibuya2023/search/{row}" if col == "fmnist" else f"shibuya2023/search/{col}/{row}"
@@ -385,6 +397,8 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
     notes = [hyper,
              "Net as the authors' code: no biases, orthogonal init, tanh, 100 epochs, batch 256; every dataset "
              "normalised with its own statistics (their code used MNIST's for all)."]
+    if algo in ("drl", "scaling_dtp"):
+        notes.append(FW_FEEDBACK_LOSS_ROWS[algo])
     if size == "narrow":
         notes.append("Width 164: the authors' code's 'small' variant (0.5M if a feedback matrix is counted for "
                      "every layer; forward + the feedback trained here is 0.35M, see summary.json 'parameters')."
@@ -545,7 +559,8 @@ def ern_cell(arch: str, col: str, row: str) -> None:
         body["trainer"]["batch_size"] = 128
         notes.append("Meulemans et al.'s cifar10_DDTPConv config (refs A.10): per-layer forward Adam lrs (divided by "
                      "beta), no augmentation. Differences: their forward eps is per layer (we use the first, 2.787e-8); "
-                     "their DDTP-Conv feedback goes straight from the output to every layer, ours is layer-wise DRL."
+                     "their DDTP-Conv feedback goes straight from the output to every layer, ours is layer-wise DRL; "
+                     "their code trains in float64, this preset in float32 (trainer.precision=fp64 for theirs)."
                      + (" No MNIST/F-MNIST config was published: the CIFAR-10 one is used." if small else ""))
     metric = "test_accuracy"
     if col == "imagenet32":
