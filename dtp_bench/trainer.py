@@ -289,6 +289,7 @@ class Trainer:
         self.write_summary("running")
         for epoch in range(self.start_epoch, t.epochs):
             row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            self.elapsed += row["epoch_seconds"]  # a diverged epoch's training time counts too
             # the loss, and the weights: the last update of an epoch may be the one that overflows
             if not (math.isfinite(row["train_loss"]) and self._parameters_finite()):
                 self.diverged_epoch = epoch + 1
@@ -303,7 +304,6 @@ class Trainer:
             if self.data.val_y is not None:
                 row["val_error"], _ = self.evaluate("val")
             self.algorithm.after_epoch(epoch)
-            self.elapsed += row["epoch_seconds"]
             self.best_test_error = min(self.best_test_error, row["test_error"])
             self._record(row, checkpoint=t.checkpoint)
         return self.write_summary("completed")

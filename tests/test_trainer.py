@@ -357,6 +357,9 @@ def test_nan_loss_means_diverged(data_root, tmp_path, monkeypatch, capsys):
     assert summary["epochs_completed"] == 1 and summary["final_test_error"] is not None
     rows = read_metrics(tmp_path)
     assert len(rows) == 2 and rows[1]["test_error"] is None and rows[1]["train_loss"] is None  # JSON null
+    # the diverged epoch's training time is part of the run's time
+    seconds = [row["epoch_seconds"] for row in read_metrics(tmp_path, drop_timing=False)]
+    assert summary["total_seconds"] == pytest.approx(sum(seconds)) and seconds[1] > 0
     assert "diverged" in capsys.readouterr().out
 
 
