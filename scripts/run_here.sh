@@ -72,6 +72,11 @@ $PY train.py experiment=ernoult2022/lenet_fmnist/bp seed=1 trainer.epochs=2 trai
 nice -n 10 $PY train.py -m experiment=ernoult2022/lenet_fmnist/bp seed=1,2,3 $JOBLIB hydra.launcher.n_jobs=3 \
     hydra.sweep.dir=$RUNS/ernoult2022_lenet_fmnist_bp_90ep
 
+# ... and L-DRL, what fits: 2 of the paper's 90 epochs, seed 1 (54 min for its one epoch here, 1 thread), niced
+# beside another job; it ran in a folder outside the repo and was moved here. It diverged in epoch 1.
+nice -n 10 $PY train.py experiment=ernoult2022/lenet_fmnist/l_drl seed=1 trainer.epochs=2 trainer.device=cpu \
+    trainer.progress=off hydra.run.dir=$RUNS/ernoult2022_lenet_fmnist_l_drl_2ep
+
 # FW-DTP's control (output layer only, with the cell's hyperparameters) and FW-DTP-BN, the authors'
 # code's default variant, at the paper's budget; one job at a time, niced beside other sweeps
 $PY train.py -m experiment=shibuya2023/fmnist/fw_dtp 'trainer.frozen_blocks=[0,1,2,3,4]' seed=1,2,3 $JOBLIB \
