@@ -525,6 +525,9 @@ def ern_cell(arch: str, col: str, row: str) -> None:
         body["dataset"] = {"augment": aug}
         notes.append("Augmentation as scalingDTP's data modules: horizontal flip + random crop (pad 4, edge)"
                      + (" (their PL code applies it to MNIST/F-MNIST too)." if small else "."))
+        if small:
+            notes.append("Inputs normalised with the dataset's own mean and std; scalingDTP's MNIST/F-MNIST modules "
+                         "use mean 0.5, std 0.5 (dataset.mean=[0.5] dataset.std=[0.5] for theirs).")
     if row == "l_drl":
         if arch == "vgg" and col == "cifar10":
             body["algorithm"] = {"optimizer": {"lr": 0.08}}
@@ -537,6 +540,9 @@ def ern_cell(arch: str, col: str, row: str) -> None:
         else:
             notes.append("LeNet CIFAR-10 values (scalingDTP dtp_lenet.yaml, refs A.9)"
                          + ("; no MNIST/F-MNIST values published, so the CIFAR-10 ones are used." if small else "."))
+            if col == "fmnist":
+                notes.append("On F-MNIST these values diverged in the first epoch here (seed 1; results/README.md): "
+                             "find F-MNIST values, or check that an epoch stays finite, before a full run.")
     elif row == "bp":
         if col == "imagenet32":
             body["algorithm"] = {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
