@@ -319,7 +319,8 @@ FW_CHOSEN = {  # column: {row: {dotted key: value}} (trial values rounded to 4 s
 # DRL is Meulemans et al.'s method, and they published a tuned config per dataset (final_configs/<dataset>_DTPDRL
 # of their repo). Our drl defaults are their F-MNIST one; these are the values by which their MNIST and CIFAR-10
 # configs differ (CIFAR-100 has none and takes CIFAR-10's). Net, epochs and batch stay the FW-DTP table's.
-MEULEMANS_DRL = {  # column: {dotted key: value} (their full-precision values, rounded to 5 significant digits)
+MEULEMANS_DRL = {  # config: {dotted key: value} (their full-precision values, rounded to 5 significant digits)
+    "fmnist": {},  # our drl defaults
     "mnist": {"algorithm.target_step": 0.068589, "algorithm.noise": 0.056879,
               "algorithm.optimizer.lr": 2.9689e-5, "algorithm.optimizer.beta1": 0.9,
               "algorithm.optimizer.beta2": 0.99, "algorithm.optimizer.eps": 1.0011e-8,
@@ -332,7 +333,13 @@ MEULEMANS_DRL = {  # column: {dotted key: value} (their full-precision values, r
                 "algorithm.feedback_optimizer.eps": 9.6683e-6, "algorithm.feedback_optimizer.weight_decay": 1.2559e-5,
                 "algorithm.feedback_pretrain_epochs": 10, "algorithm.extra_feedback_epochs": 2},
 }
-MEULEMANS_DRL_CONFIG = {"mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar10"}  # column: whose config
+MEULEMANS_DRL_CONFIG = {"fmnist": "fmnist", "mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar10"}  # column: config
+
+
+def meulemans_drl_config(col: str) -> str:
+    """How a note names the Meulemans et al. config a column's DRL cell uses."""
+    source = MEULEMANS_DRL_CONFIG[col]
+    return f"Meulemans et al.'s final {FW_COLUMNS[source][0]} config ({source}_DTPDRL)"
 
 
 # The table's DRL and L-DRL rows were made with the authors' code, where both are only feedback losses inside their
@@ -371,20 +378,18 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
     body = {"arch": {**FW_NET["arch"], "hidden": hidden}, "trainer": {"epochs": 100, "batch_size": 256}}
     mean, std = values.get(col, (None, None))
     chosen = {} if search else FW_CHOSEN.get(col, {}).get(row, {})
-    published = MEULEMANS_DRL[MEULEMANS_DRL_CONFIG[col]] if algo == "drl" and col != "fmnist" else {}
+    published = MEULEMANS_DRL[MEULEMANS_DRL_CONFIG[col]] if algo == "drl" else {}
     body.update(nest({**published, **chosen}))
     search_name = fw_search_name(col, row)
     if chosen:
         hyper = (f"Hyperparameters chosen on the {col_label} validation split by experiment={search_name} at a "
                  f"reduced budget ({FW_CHOSEN_BUDGET}): " + ", ".join(f"{k}={v}" for k, v in chosen.items())
-                 + "; the rest are " + (f"Meulemans et al.'s {MEULEMANS_DRL_CONFIG[col]}_DTPDRL config." if published
-                                        else "the algorithm's defaults."))
+                 + "; the rest are " + (meulemans_drl_config(col) + "." if published else "the algorithm's defaults."))
     elif algo == "drl" and col == "fmnist":
-        hyper = "Hyperparameters: Meulemans et al.'s final F-MNIST config (fmnist_DTPDRL), our drl defaults."
+        hyper = f"Hyperparameters: {meulemans_drl_config(col)}, our drl defaults."
     elif published:
-        source = MEULEMANS_DRL_CONFIG[col]
-        hyper = (f"Hyperparameters: Meulemans et al.'s final {FW_COLUMNS[source][0]} config ({source}_DTPDRL)"
-                 + ("" if source == col else f"; they published none for {col_label}")
+        hyper = (f"Hyperparameters: {meulemans_drl_config(col)}"
+                 + ("" if MEULEMANS_DRL_CONFIG[col] == col else f"; they published none for {col_label}")
                  + f". The column's validation search, experiment={search_name}, tunes the four main values "
                  "(its best go into FW_CHOSEN in scripts/make_presets.py; then `make presets`).")
     else:
@@ -429,8 +434,7 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
                  f"test set). Put the best values (multirun/.../optimization_results.yaml) into FW_CHOSEN['{col}'] in "
                  f"scripts/make_presets.py and run `make presets` (the cell presets are generated)."] + notes[1:]
         if published:
-            notes.insert(1, f"The values not searched are Meulemans et al.'s final "
-                            f"{FW_COLUMNS[MEULEMANS_DRL_CONFIG[col]][0]} config ({MEULEMANS_DRL_CONFIG[col]}_DTPDRL).")
+            notes.insert(1, f"The values not searched are {meulemans_drl_config(col)}.")
         comment = f"Hyperparameter search for '{label}' on {col_label} (validation split)."
     body["reference"] = {"paper": "shibuya2023", "table": table, "row": label, "column": col_label,
                          "metric": "test_error", "value": mean, "std": std, "note": " ".join(notes)}
