@@ -95,7 +95,8 @@ $PY train.py -m experiment=shibuya2023/sensitivity/dtp trainer.epochs=5 trainer.
 
 # Cost estimates (FLOPs, operations, GPU hours at a stated throughput) of the cells too slow for this CPU
 for e in shibuya2023/fmnist/drl_1.1m shibuya2023/fmnist/drl_0.5m shibuya2023/fmnist/l_drl_0.5m ernoult2022/lenet_fmnist/drl \
-         shibuya2023/fmnist/l_drl_1.1m ernoult2022/lenet_fmnist/bp ernoult2022/lenet_fmnist/l_drl; do
+         shibuya2023/fmnist/l_drl_1.1m ernoult2022/lenet_fmnist/bp ernoult2022/lenet_fmnist/l_drl \
+         ernoult2022/search/lenet_fmnist/l_drl; do
   $PY scripts/estimate_cost.py experiment=$e --json > results/estimates/$(echo $e | tr / _).json
 done
 $PY scripts/estimate_cost.py --summarize results/estimates
