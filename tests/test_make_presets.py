@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 from conftest import CONF, REPO
+from omegaconf import OmegaConf
 
 
 def load_generator():
@@ -64,3 +65,18 @@ def test_a_hand_edit_is_noticed(generated, tmp_path):
     assert set(differences(generated, committed)) - before == {
         "bartunov2018/extra.yaml: in conf/experiment, not generated (hand-written?)",
         "bartunov2018/mnist_fc/bp.yaml: differs (re-run `make presets`, or move the edit into the generator)"}
+
+
+def test_a_search_result_reaches_its_ernoult_cell(tmp_path, monkeypatch):
+    # the LeNet L-DRL MNIST/F-MNIST cells take their validation search's values through ERN_CHOSEN
+    module = load_generator()
+    monkeypatch.setattr(module, "OUT", tmp_path)
+    monkeypatch.setattr(module, "ERN_CHOSEN", {"fmnist": {"algorithm.optimizer.lr": 0.0123, "algorithm.target_step": 0.234}})
+    for col in ("fmnist", "mnist"):
+        module.ern_cell("lenet", col, "l_drl")
+        module.ern_cell("lenet", col, "l_drl", search=True)
+    cell = OmegaConf.load(tmp_path / "ernoult2022" / "lenet_fmnist" / "l_drl.yaml")
+    assert (cell.algorithm.optimizer.lr, cell.algorithm.target_step) == (0.0123, 0.234)
+    assert "algorithm.optimizer.lr=0.0123" in cell.reference.note
+    assert "algorithm" not in OmegaConf.load(tmp_path / "ernoult2022" / "lenet_mnist" / "l_drl.yaml")
+    assert "algorithm" not in OmegaConf.load(tmp_path / "ernoult2022" / "search" / "lenet_fmnist" / "l_drl.yaml")
