@@ -49,6 +49,10 @@ $PY train.py -m experiment=shibuya2023/fmnist/drl_0.5m,shibuya2023/fmnist/drl_1.
 # folder outside the repo and was moved here, checkpoints deleted, once all three had finished.
 nice -n 10 $PY train.py -m experiment=shibuya2023/fmnist/l_drl_0.5m seed=1,2,3 $JOBLIB hydra.launcher.n_jobs=3 \
     hydra.sweep.dir=$RUNS/shibuya2023_fmnist_l_drl_0.5m_100ep
+# L-DRL 1.1M likewise, over two sessions: started with n_jobs=1, continued with n_jobs=2 and, in the
+# next session, with this command (n_jobs=3, resume=true); moved here once all three had finished.
+nice -n 10 $PY train.py -m experiment=shibuya2023/fmnist/l_drl_1.1m seed=1,2,3 $JOBLIB hydra.launcher.n_jobs=3 \
+    hydra.sweep.dir=$RUNS/shibuya2023_fmnist_l_drl_1.1m_100ep
 
 # "Empirical investigation" depth and width grids on Fashion-MNIST (the originals were MNIST), reduced epochs
 $PY train.py -m experiment=investigation2019_fmnist/depth trainer.epochs=10 trainer.checkpoint=false $JOBLIB \
