@@ -568,10 +568,10 @@ def ern_cell(arch: str, col: str, row: str, search: bool = False) -> None:
             if col in ERN_SEARCHED and not search:
                 chosen = ERN_CHOSEN.get(col, {})
                 body.update(nest(chosen))
-                notes.append(f"Forward lr and beta chosen on the validation split by experiment={ern_search_name(col)}: "
-                             + ", ".join(f"{k}={v}" for k, v in chosen.items()) + "." if chosen else
-                             f"The validation search experiment={ern_search_name(col)} tunes the forward lr and beta "
-                             "(its best values go into ERN_CHOSEN in scripts/make_presets.py; then `make presets`).")
+                notes.append((f"Forward lr and beta chosen on the validation split by experiment={ern_search_name(col)}: "
+                              + ", ".join(f"{k}={v}" for k, v in chosen.items()) + ".") if chosen else
+                             (f"The validation search experiment={ern_search_name(col)} tunes the forward lr and beta "
+                              "(its best values go into ERN_CHOSEN in scripts/make_presets.py; then `make presets`)."))
     elif row == "bp":
         if col == "imagenet32":
             body["algorithm"] = {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
