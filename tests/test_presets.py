@@ -204,8 +204,9 @@ SHIBUYA_CELLS = [p for p in PRESETS if p.startswith("shibuya2023/") and p.count(
                  and "/search/" not in p and "/sensitivity/" not in p and not p.endswith("_bn")]
 
 
-def assert_search_matches_cell(cell: str, search: str) -> None:
-    """A cell's hyperparameters come from a validation search of the same net, data and algorithm."""
+def assert_search_matches_cell(cell: str, search: str):
+    """A cell's hyperparameters come from a validation search of the same net, data and algorithm;
+    returns the search's sweeper params."""
     assert search in PRESETS
     cell_cfg, search_cfg = compose([f"experiment={cell}"]), compose([f"experiment={search}"])
     assert search_cfg.arch == cell_cfg.arch
@@ -216,6 +217,7 @@ def assert_search_matches_cell(cell: str, search: str) -> None:
     hydra_cfg = compose([f"experiment={search}"], return_hydra_config=True).hydra
     for key in hydra_cfg.sweeper.params:
         assert OmegaConf.select(cell_cfg, key) is not None, key
+    return hydra_cfg.sweeper.params
 
 
 @pytest.mark.parametrize("cell", SHIBUYA_CELLS)
@@ -228,8 +230,7 @@ def test_shibuya_cell_has_a_search_on_its_own_net_and_dataset(cell):
 def test_ernoult_lenet_l_drl_search_differs_from_its_cell_only_in_what_it_searches(col):
     # no MNIST-like L-DRL values were published; the search keeps the CIFAR-10 feedback values
     cell, search = f"ernoult2022/lenet_{col}/l_drl", f"ernoult2022/search/lenet_{col}/l_drl"
-    assert_search_matches_cell(cell, search)
-    params = compose([f"experiment={search}"], return_hydra_config=True).hydra.sweeper.params
+    params = assert_search_matches_cell(cell, search)
     assert set(params) == {"algorithm.optimizer.lr", "algorithm.target_step"}
     pinned = [f"{key}=0.123" for key in params]
     assert compose([f"experiment={search}", *pinned]).algorithm == compose([f"experiment={cell}", *pinned]).algorithm
