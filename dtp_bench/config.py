@@ -199,14 +199,22 @@ class LoggerConfig:
 
 @dataclass
 class DiagnosticsConfig:
-    """Alignment diagnostics (angles with backprop); off by default."""
+    """Alignment diagnostics (angles with backprop; off by default) and the learning signal (each
+    forward block's update size per epoch; on by default, see dtp_bench/learning_signal.py)."""
 
     every_n_steps: int = 0  # 0 = off
     jacobian_samples: int = 4  # samples used to estimate feedback Jacobians
+    learning_signal: bool = True  # per block: ‖Δθ‖/‖θ‖ per epoch and Adam's step fraction
+    # a hidden block below either threshold in every epoch is reported as starved
+    starved_update_ratio: float = 1e-3  # ‖θ_end − θ_start‖ / ‖θ_start‖ over one epoch
+    starved_step_fraction: float = 0.1  # Adam: mean √v̂/(√v̂ + ε), the share of the nominal step
 
     def validate(self, key: str = "diagnostics") -> None:
         check_positive(self.every_n_steps, f"{key}.every_n_steps", allow_zero=True)
         check_positive(self.jacobian_samples, f"{key}.jacobian_samples")
+        check_positive(self.starved_update_ratio, f"{key}.starved_update_ratio", allow_zero=True)
+        check(0.0 <= self.starved_step_fraction <= 1.0, f"{key}.starved_step_fraction",
+              f"must be in [0, 1], got {self.starved_step_fraction}")
 
 
 @dataclass

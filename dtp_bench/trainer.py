@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import diagnostics  # alignment diagnostics (diagnostics.every_n_steps)
+from .learning_signal import LearningSignal
 from .algorithms.base import Algorithm, build_algorithm
 from .config import ConfigError
 from .data import DeviceData
@@ -75,7 +76,10 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 # and the paper's reference numbers and notes, which only label the run. The device may be named
 # differently (auto, cuda, cuda:1) as long as its type is the same: that is checked on its own.
 RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "trainer.checkpoint", "trainer.device",
-                     "logger", "dataset.root", "dataset.download", "reference")
+                     "logger", "dataset.root", "dataset.download", "reference",
+                     # measurements only: they never change what is trained
+                     "diagnostics.learning_signal", "diagnostics.starved_update_ratio",
+                     "diagnostics.starved_step_fraction")
 
 
 def _config_fingerprint(cfg) -> dict:
@@ -102,7 +106,9 @@ def _config_fingerprint(cfg) -> dict:
 
 # keys added after checkpoints existed, with the value that reproduces the old behaviour: a
 # checkpoint without the key resumes when the run leaves it there
-ADDED_KEYS = {"trainer.frozen_blocks": [], "arch.batch_norm_eps": 1e-5}
+ADDED_KEYS = {"trainer.frozen_blocks": [], "arch.batch_norm_eps": 1e-5,
+              # an init only: a resumed run takes the auxiliary weights from the checkpoint
+              "algorithm.aux_init": "xavier_uniform"}
 
 
 def _config_changes(stored: str, cfg) -> list[str]:
@@ -139,6 +145,8 @@ class Trainer:
         self.algorithm.to(device=self.device, dtype=self.dtype)
         if t.frozen_blocks:
             self.algorithm.freeze_blocks(t.frozen_blocks)
+        self.learning_signal = (LearningSignal(self.algorithm, typed.diagnostics, t.frozen_blocks)
+                                if typed.diagnostics.learning_signal else None)
         self.generator = torch.Generator(device=self.device).manual_seed(typed.seed)
         self.history: list[dict] = []
         self.best_test_error = math.inf
@@ -243,6 +251,8 @@ class Trainer:
         t = self.typed.trainer
         factory = lambda: self.data.train_batches(t.batch_size, self.generator, t.limit_train_batches)  # noqa: E731
         self.algorithm.train()
+        if self.learning_signal is not None:
+            self.learning_signal.begin_epoch()
         start = time.perf_counter()  # feedback-only phases (alternating schedules) count too
         with self.autocast:
             self.algorithm.before_epoch(epoch, factory)
@@ -279,6 +289,8 @@ class Trainer:
                **self.algorithm.learning_rates()}
         if measured:  # {"count", "mean": {key: …}, "last": {key: …}, "seconds"}
             row["diagnostics"] = {**diagnostics.summarize(measured), "seconds": diag_seconds}
+        if self.learning_signal is not None:
+            row["learning_signal"] = self.learning_signal.end_epoch()
         return row
 
     def fit(self) -> dict:
@@ -306,6 +318,9 @@ class Trainer:
             self.algorithm.after_epoch(epoch)
             self.best_test_error = min(self.best_test_error, row["test_error"])
             self._record(row, checkpoint=t.checkpoint)
+            if self.learning_signal is not None:
+                for line in self.learning_signal.new_warnings(self.history):
+                    print(line, file=sys.stderr)
         return self.write_summary("completed")
 
     def _parameters_finite(self) -> bool:
@@ -363,6 +378,8 @@ class Trainer:
             "torch_version": torch.__version__,
             "command": " ".join(["python"] + sys.argv),
         }
+        if self.learning_signal is not None and self.history:
+            summary["learning_signal"] = self.learning_signal.summary(self.history)
         ref = self.typed.reference
         if ref is not None:
             summary["reference"] = dict(vars(ref))

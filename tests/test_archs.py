@@ -105,6 +105,27 @@ def test_conv_has_lc_shapes_with_shared_weights(networks):
     assert weight_count(conv) < weight_count(lc) / 2
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_conv_is_lc_with_one_kernel_everywhere(dataset):
+    # TF "SAME" in both (stride 2: one pixel more padding after than before): an LC layer whose every
+    # position holds the conv's kernel computes the conv, so the windows sit at the same offsets
+    shape, classes = DATASET_SHAPES[dataset]
+    layers = [[k, 3, s] for k, _, s in paper_stack(shape, classes)[0]]
+    torch.manual_seed(0)
+    conv = build_network(arch_cfg("conv", layers=layers, fc_hidden=[]), shape, classes).double()
+    lc = build_network(arch_cfg("lc", layers=layers, fc_hidden=[]), shape, classes).double()
+    x = torch.randn(2, *shape, dtype=F64)
+    for conv_block, lc_block in zip(conv.blocks[:-1], lc.blocks[:-1]):
+        kernel, local = conv_block.weight_op, lc_block.weight_op
+        with torch.no_grad():
+            local.weight.copy_(kernel.weight.reshape(kernel.out_channels, -1).T.expand_as(local.weight))
+            local.bias.copy_(kernel.bias[:, None, None].expand_as(local.bias))
+        y = conv_block(x)
+        torch.testing.assert_close(y, lc_block(x))
+        x = y
+    assert any(isinstance(op, nn.ZeroPad2d) for b in conv.blocks for op in b.ops)  # a stride-2 layer
+
+
 def test_arch_options_are_applied():
     cfg = arch_cfg("lc", layers=[[3, 4, 2]], fc_hidden=[], activation="relu", bias=False, batch_norm=True)
     net = build_network(cfg, (1, 8, 8), 3)

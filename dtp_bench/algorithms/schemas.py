@@ -95,6 +95,7 @@ class TargetPropConfig(AlgorithmConfig):
     # ---- AO-SDTP
     aux_output_size: int = 0  # auxiliary outputs z: fixed random features of h_{L-1}
     aux_activation: str = "tanh"
+    aux_init: str = "xavier_uniform"  # of the fixed auxiliary weights (Glorot, as Bartunov et al.; default = PyTorch's)
 
     def validate(self, key: str = "algorithm") -> None:
         super().validate(key)
@@ -107,6 +108,7 @@ class TargetPropConfig(AlgorithmConfig):
         check_choice(self.inverse_loss, f"{key}.inverse_loss", INVERSE_LOSSES)
         check_choice(self.parallel_order, f"{key}.parallel_order", ("feedback_first", "targets_first"))
         check_choice(self.feedback_init, f"{key}.feedback_init", FEEDBACK_INITS)
+        check_choice(self.aux_init, f"{key}.aux_init", FEEDBACK_INITS)
         check_choice(self.local_loss_reduction, f"{key}.local_loss_reduction", REDUCTIONS)
         check_choice(self.feedback_loss_reduction, f"{key}.feedback_loss_reduction", REDUCTIONS)
         check_positive(self.target_step, f"{key}.target_step")

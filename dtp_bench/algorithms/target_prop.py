@@ -63,6 +63,7 @@ class TargetPropagation(Algorithm):
             # AO-SDTP's auxiliary outputs z: fixed random features of h_{L-1}, never trained
             top_in = self.network.blocks[-1].weight_op.in_features
             self.aux = nn.Linear(top_in, cfg.aux_output_size, bias=False).requires_grad_(False)
+            init_weight(self.aux.weight, cfg.aux_init)  # Glorot in Bartunov et al.'s code (xavier_uniform)
             self.aux_activation = make_activation(cfg.aux_activation)
 
         self.feedback = nn.ModuleDict({str(i): self.build_feedback(i) for i in self.feedback_blocks}

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import ConfigError
 from .blocks import ARCH_BUILDERS, Block, Network, dense_blocks, hidden_block
-from .lc import LocallyConnected2d
+from .lc import LocallyConnected2d, same_padding
 
 Stack = list[tuple[int, int, int]]  # (kernel, channels, stride) per layer
 
@@ -64,11 +64,18 @@ def _layer_stack(cfg, input_shape: tuple[int, ...], num_classes: int, local: boo
     channels, height, width = input_shape
     blocks = []
     for kernel, out_channels, stride in layers:
+        before: list[nn.Module] = []
         if local:
             op = LocallyConnected2d(channels, out_channels, (height, width), kernel, stride, bias=cfg.bias)
-        else:  # symmetric k//2 padding gives SAME's output size ceil(size/stride) for odd kernels
-            op = nn.Conv2d(channels, out_channels, kernel, stride, kernel // 2, bias=cfg.bias)
-        blocks.append(hidden_block(cfg, op))
+        else:  # TF "SAME" as the LC layers (and Bartunov's TF code): the smaller half of the padding first
+            top, bottom = same_padding(height, kernel, stride)
+            left, right = same_padding(width, kernel, stride)
+            if top == bottom and left == right:
+                op = nn.Conv2d(channels, out_channels, kernel, stride, (top, left), bias=cfg.bias)
+            else:  # one pixel more after than before: an explicit pad, then an unpadded conv
+                before = [nn.ZeroPad2d((left, right, top, bottom))]
+                op = nn.Conv2d(channels, out_channels, kernel, stride, 0, bias=cfg.bias)
+        blocks.append(hidden_block(cfg, op, *before))
         channels, height, width = out_channels, math.ceil(height / stride), math.ceil(width / stride)
     blocks += dense_blocks(cfg, (channels, height, width), fc_hidden, num_classes)
     return Network(blocks, input_shape, num_classes)
