@@ -57,7 +57,7 @@ def fixture_dirs(tmp_path):
     write_run(sweep / "2_seed=3", REF_DTP, 3, [5.0, None], [3.0, float("nan")], status="diverged")
     write_run(sweep / "3_seed=4", REF_DTP, 4, [4.5], [2.5], status="running")  # in progress: not a failure
     write_run(runs / "outputs" / "bp1", REF_BP, 1, [1.5, 1.25], [0.5, 0.0], top5=0.25)  # no paper top-5
-    write_run(runs / "outputs" / "fw1", REF_FW, 0, [13.0, 12.0], [11.0, 10.0])
+    write_run(runs / "outputs" / "fw1", REF_FW, 0, [11.5, 12.0], [11.0, 10.0])  # best epoch 11.5
     write_run(runs / "outputs" / "fw2", REF_FW, 1, [12.5, 12.5], [11.0, 10.0])
     write_run(runs / "outputs" / "fw_short", REF_FW, 0, [14.0], [12.0], overrides=("trainer.epochs=1",))
     write_run(runs / "outputs" / "in32_1", REF_IN32, 1, [95.0, 94.0], [90.0, 89.0], top5=85.0)
@@ -75,9 +75,9 @@ def test_tables(fixture_dirs, tmp_path):
     out = tmp_path / "out"
     load_report().main(["--runs", str(runs), "--out", str(out), "--conf", str(conf)])
     md = (out / "bartunov2018" / "table_1.md").read_text().splitlines()
-    assert "| DTP parallel | MNIST FC |  | best_test_error | 2 | 2.50 ± 0.71 | 2.86 | -0.36 | 0.50 / 0.44 | 1 / 0 | ok; 1 unfinished (running, or killed) |" in md
-    assert "| BP | MNIST FC |  | best_test_error | 1 | 1.25 | 1.48 | -0.23 | 0.00 / 0.00 | 0 / 0 | ok |" in md
-    assert "| FA | MNIST FC |  | best_test_error | 0 | — | 1.85 |  |  | 0 / 0 | missing (no runs) |" in md
+    assert "| DTP parallel | MNIST FC |  | best_test_error | 2 | 2.50 ± 0.71 |  | 2.86 | -0.36 | 0.50 / 0.44 | 1 / 0 | ok; 1 unfinished (running, or killed) |" in md
+    assert "| BP | MNIST FC |  | best_test_error | 1 | 1.25 |  | 1.48 | -0.23 | 0.00 / 0.00 | 0 / 0 | ok |" in md
+    assert "| FA | MNIST FC |  | best_test_error | 0 | — |  | 1.85 |  |  | 0 / 0 | missing (no runs) |" in md
     assert "![table_1__mnist_fc](table_1__mnist_fc.png)" in md
     assert (out / "bartunov2018" / "table_1__mnist_fc.png").stat().st_size > 1000
     with open(out / "bartunov2018" / "table_1.csv") as f:
@@ -91,11 +91,14 @@ def test_tables(fixture_dirs, tmp_path):
         fw = {r["variant"]: r for r in csv.DictReader(f)}
     assert (fw[""]["n"], fw[""]["ours_mean"], fw[""]["ours_std"], fw[""]["paper_std"], fw[""]["difference"]) == \
         ("2", "12.25", "0.35", "0.37", "0.49")
+    # the best epoch beside the last: fw1's 11.5 (epoch 1), fw2's 12.5
+    assert (fw[""]["ours_best_epoch_mean"], fw[""]["ours_best_epoch_std"]) == ("12.00", "0.71")
+    assert "| 12.25 ± 0.35 | 12.00 ± 0.71 | 11.76 ± 0.37 |" in (out / "shibuya2023" / "table_test_error.md").read_text()
     assert fw["trainer.epochs=1"]["ours_mean"] == "14.00"  # a run with other overrides is its own row
     assert "shibuya2023/table_test_error.md" in (out / "index.md").read_text()
     # top-5 error: its own column where the paper printed one, and only there
     md2 = (out / "bartunov2018" / "table_2.md").read_text()
-    assert "| FA | ImageNet top-1 |  | best_test_error | 2 | 93.00 ± 1.41 | 93.08 | -0.08 | 88.50 / — | 84.00 / 82.54 | 0 / 0 | ok |" in md2
+    assert "| FA | ImageNet top-1 |  | best_test_error | 2 | 93.00 ± 1.41 |  | 93.08 | -0.08 | 88.50 / — | 84.00 / 82.54 | 0 / 0 | ok |" in md2
     assert "top-5" not in "\n".join(md)
     with open(out / "bartunov2018" / "table_2.csv") as f:
         (in32,) = csv.DictReader(f)
