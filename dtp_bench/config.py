@@ -208,6 +208,10 @@ class DiagnosticsConfig:
     # a hidden block below either threshold in every epoch is reported as starved
     starved_update_ratio: float = 1e-3  # ‖θ_end − θ_start‖ / ‖θ_start‖ over one epoch
     starved_step_fraction: float = 0.1  # Adam: mean √v̂/(√v̂ + ε), the share of the nominal step
+    # early activation check: the RMS of each hidden block's output on the first batch, again after
+    # activation_check_step updates; growth beyond the limit prints a warning (0 = off)
+    activation_check_step: int = 8
+    activation_growth_limit: float = 10.0
 
     def validate(self, key: str = "diagnostics") -> None:
         check_positive(self.every_n_steps, f"{key}.every_n_steps", allow_zero=True)
@@ -215,6 +219,8 @@ class DiagnosticsConfig:
         check_positive(self.starved_update_ratio, f"{key}.starved_update_ratio", allow_zero=True)
         check(0.0 <= self.starved_step_fraction <= 1.0, f"{key}.starved_step_fraction",
               f"must be in [0, 1], got {self.starved_step_fraction}")
+        check_positive(self.activation_check_step, f"{key}.activation_check_step")
+        check_positive(self.activation_growth_limit, f"{key}.activation_growth_limit", allow_zero=True)
 
 
 @dataclass

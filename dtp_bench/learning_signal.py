@@ -134,3 +134,20 @@ class LearningSignal:
 
 def _finite(value: float) -> Optional[float]:
     return value if math.isfinite(value) else None
+
+
+@torch.no_grad()
+def activation_rms(network, x: torch.Tensor) -> list[float]:
+    """Root-mean-square of every block's output on ``x`` (one host sync; used twice per run)."""
+    hs = network.activations(x)[1:]
+    return torch.stack([h.float().pow(2).mean().sqrt() for h in hs]).tolist()
+
+
+def activation_growth(before: list[float], after: list[float], limit: float) -> Optional[str]:
+    """A one-line reason when some block's activation RMS grew by more than ``limit`` (or stopped
+    being finite) between the two measurements, else None."""
+    for i, (a, b) in enumerate(zip(before, after)):
+        if not math.isfinite(b) or b > limit * max(a, 1e-12):
+            return (f"hidden block {i}'s activation RMS grew from {a:.3g} to {b:.3g} in the first updates "
+                    f"(limit {limit:g}x, diagnostics.activation_growth_limit)")
+    return None

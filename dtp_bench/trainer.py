@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import diagnostics  # alignment diagnostics (diagnostics.every_n_steps)
-from .learning_signal import LearningSignal
+from .learning_signal import LearningSignal, activation_growth, activation_rms
 from .algorithms.base import Algorithm, build_algorithm
 from .config import ConfigError
 from .data import DeviceData
@@ -79,6 +79,7 @@ RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "trainer.ch
                      "logger", "dataset.root", "dataset.download", "reference",
                      # measurements only: they never change what is trained
                      "diagnostics.learning_signal", "diagnostics.starved_update_ratio",
+                     "diagnostics.activation_check_step", "diagnostics.activation_growth_limit",
                      "diagnostics.starved_step_fraction")
 
 
@@ -108,7 +109,9 @@ def _config_fingerprint(cfg) -> dict:
 # checkpoint without the key resumes when the run leaves it there
 ADDED_KEYS = {"trainer.frozen_blocks": [], "arch.batch_norm_eps": 1e-5,
               # an init only: a resumed run takes the auxiliary weights from the checkpoint
-              "algorithm.aux_init": "xavier_uniform"}
+              "algorithm.aux_init": "xavier_uniform",
+              # variants of FW-DTP's released code (their defaults are the papers' methods)
+              "algorithm.regression_target": "noisy", "algorithm.reference": "attached"}
 
 
 def _config_changes(stored: str, cfg) -> list[str]:
@@ -145,6 +148,11 @@ class Trainer:
         self.algorithm.to(device=self.device, dtype=self.dtype)
         if t.frozen_blocks:
             self.algorithm.freeze_blocks(t.frozen_blocks)
+        d = typed.diagnostics
+        # only a fresh run's first updates are checked (try_resume clears the probe)
+        self._activation_probe = () if d.activation_growth_limit > 0 else None
+        self.activation_check: Optional[dict] = None
+        self.activation_blowup: Optional[str] = None
         self.learning_signal = (LearningSignal(self.algorithm, typed.diagnostics, t.frozen_blocks)
                                 if typed.diagnostics.learning_signal else None)
         self.generator = torch.Generator(device=self.device).manual_seed(typed.seed)
@@ -207,6 +215,7 @@ class Trainer:
         self.elapsed = state["elapsed"]
         self.step = state["step"]
         self.start_epoch = state["epochs_completed"]
+        self._activation_probe = None  # the early activation check is for a fresh start only
         # metrics.jsonl is rewritten from the checkpoint so a crash after it was appended does not
         # leave a duplicate line
         with open(self.run_dir / METRICS, "w") as f:
@@ -270,6 +279,8 @@ class Trainer:
                 measured.append(diagnostics.measure(self.algorithm, x, y, self.typed.diagnostics))
                 self._synchronize()
                 diag_seconds += time.perf_counter() - diag_start
+            if self._activation_probe is not None:
+                self._check_activations(x)
             with self.autocast:
                 loss, logits = self.algorithm.train_step(x, y)
             # accumulate on the device: no host synchronisation inside the loop
@@ -322,6 +333,23 @@ class Trainer:
                 for line in self.learning_signal.new_warnings(self.history):
                     print(line, file=sys.stderr)
         return self.write_summary("completed")
+
+    def _check_activations(self, x: torch.Tensor) -> None:
+        """The early activation check: the first batch's RMS of every hidden block before any update,
+        and on the same batch after ``activation_check_step`` updates; a blow-up is warned about
+        (the logits are left out: their growth is learning)."""
+        d = self.typed.diagnostics
+        if self.step == 0:
+            self._activation_probe = (x, activation_rms(self.algorithm.network, x))
+        elif self.step == d.activation_check_step:
+            probe, before = self._activation_probe
+            after = activation_rms(self.algorithm.network, probe)
+            self.activation_check = {"step": self.step, "rms_before": before, "rms_after": after}
+            self.activation_blowup = activation_growth(before[:-1], after[:-1], d.activation_growth_limit)
+            self._activation_probe = None
+            if self.activation_blowup:  # a warning, not a stop: the NaN check records a real divergence
+                print(f"warning: {self.activation_blowup}; the run may diverge (check the lr and the input "
+                      f"normalisation)", file=sys.stderr)
 
     def _parameters_finite(self) -> bool:
         params = [p for p in self.algorithm.parameters() if p.is_floating_point()]
@@ -380,6 +408,8 @@ class Trainer:
         }
         if self.learning_signal is not None and self.history:
             summary["learning_signal"] = self.learning_signal.summary(self.history)
+        if self.activation_check is not None:
+            summary["activation_check"] = {**self.activation_check, "warning": self.activation_blowup}
         ref = self.typed.reference
         if ref is not None:
             summary["reference"] = dict(vars(ref))

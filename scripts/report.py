@@ -165,6 +165,16 @@ class Preset:
     name: str
     reference: dict
     sweep: bool
+    algorithm: str = ""  # its `override /algorithm:` choice
+
+
+def _algorithm_choice(defaults) -> str:
+    for item in defaults or []:
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if str(key).replace("override ", "").strip() == "/algorithm":
+                    return str(value)
+    return ""
 
 
 def read_presets(conf: Path) -> list[Preset]:
@@ -180,7 +190,9 @@ def read_presets(conf: Path) -> list[Preset]:
             continue
         ref = OmegaConf.to_container(ref, resolve=False)
         sweep = bool(OmegaConf.select(cfg, "hydra.sweeper.params")) or any("${" in str(ref.get(k, "")) for k in REF_KEYS)
-        presets.append(Preset(path.relative_to(root).with_suffix("").as_posix(), ref, sweep))
+        defaults = OmegaConf.to_container(cfg.get("defaults"), resolve=False) if cfg.get("defaults") else []
+        presets.append(Preset(path.relative_to(root).with_suffix("").as_posix(), ref, sweep,
+                              _algorithm_choice(defaults)))
     return presets
 
 
@@ -316,13 +328,19 @@ def _without(items: list[str], index: int) -> list[str]:
 def build_cells(runs: list[Run], presets: list[Preset]) -> dict[tuple, Cell]:
     # the paper's numbers come from today's preset when one names the cell: a value corrected after
     # the runs were made must not stay wrong in the table (each run keeps its own copy)
-    current = {Cell(p.reference, "").key()[:-1]: p.reference for p in presets}
+    current = {Cell(p.reference, "").key()[:-1]: p for p in presets}
     cells: dict[tuple, Cell] = {}
     for run in runs:
         if not run.reference.get("paper"):
             continue
         ref_key = Cell(run.reference, "").key()[:-1]
-        cell = Cell(current.get(ref_key, run.reference), run.variant)
+        preset = current.get(ref_key)
+        variant = run.variant
+        ran = str(run.summary.get("choices", {}).get("algorithm", ""))
+        if preset is not None and preset.algorithm and ran and ran != preset.algorithm:
+            # a run made before its cell changed method is not that cell's result: say what it ran
+            variant = " ".join(filter(None, [f"ran algorithm={ran}, the cell runs {preset.algorithm}", variant]))
+        cell = Cell(preset.reference if preset is not None else run.reference, variant)
         cells.setdefault(cell.key(), cell).runs.append(run)
     for preset in presets:  # preset cells nobody ran are listed as missing
         if preset.sweep:

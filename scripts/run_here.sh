@@ -10,8 +10,8 @@ RUNS=results/runs
 export OMP_NUM_THREADS=1   # two jobs side by side, one thread each
 JOBLIB="hydra/launcher=joblib hydra.launcher.n_jobs=2 trainer.device=cpu trainer.progress=off"
 
-# The default config (`make run`) and the issue-4 DTP check; both ran alone with torch's default 2 threads
-OMP_NUM_THREADS=2 $PY train.py hydra.run.dir=$RUNS/default_run
+# The default config (`make run`; 1 thread, beside a search) and the issue-4 DTP check (alone, 2 threads)
+$PY train.py trainer.progress=off hydra.run.dir=$RUNS/default_run
 OMP_NUM_THREADS=2 $PY train.py algorithm=dtp arch.hidden=[256,256,256,256,256,256] trainer.epochs=5 seed=1 \
     hydra.run.dir=$RUNS/issue4_preset_check_dtp_mnistfc_table5
 # ... and its control: only the output layer learns (1 thread, niced beside other jobs)

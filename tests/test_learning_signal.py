@@ -124,3 +124,28 @@ def test_learning_signal_can_be_switched_off(data_root, tmp_path):
     run_config(tiny_overrides(data_root, epochs=1) + ["diagnostics.learning_signal=false"], tmp_path)
     assert "learning_signal" not in json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert "learning_signal" not in json.loads((tmp_path / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------- the early activation check
+def test_activation_growth_names_the_first_block_past_the_limit():
+    from dtp_bench.learning_signal import activation_growth
+
+    assert activation_growth([0.5, 0.2], [0.9, 1.9], limit=10.0) is None
+    assert "hidden block 1" in activation_growth([0.5, 0.1], [0.9, 1.5], limit=10.0)
+    assert "hidden block 0" in activation_growth([0.5, 0.1], [float("nan"), 0.1], limit=10.0)
+
+
+def test_the_run_records_its_early_activation_check(data_root, tmp_path, capsys):
+    run_config(tiny_overrides(data_root, algorithm="bp", epochs=2) + ["diagnostics.activation_check_step=2"], tmp_path)
+    check = json.loads((tmp_path / "summary.json").read_text())["activation_check"]
+    assert check["step"] == 2 and check["warning"] is None
+    assert len(check["rms_before"]) == len(check["rms_after"]) == 3  # every block, logits included
+    assert "activation RMS" not in capsys.readouterr().err
+
+
+def test_a_blow_up_is_warned_about_and_the_run_goes_on(data_root, tmp_path, capsys):
+    run_config(tiny_overrides(data_root, algorithm="bp", epochs=2)
+               + ["diagnostics.activation_check_step=2", "diagnostics.activation_growth_limit=1e-9"], tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and "hidden block 0" in summary["activation_check"]["warning"]
+    assert "warning: hidden block 0's activation RMS grew" in capsys.readouterr().err

@@ -245,3 +245,22 @@ def test_search_table_chooses_on_validation(tmp_path):
     assert "| BP | F-MNIST | search_bp | 3 | 2 | 1 / 0 | #0 | 11.00 | 12.00 | 10.42 | algorithm.optimizer.lr=0 |" in md
     assert ("| BP | F-MNIST | search_bp_30ep | 1 | 1 | 0 / 0 | #0 | 9.50 | 9.00 | 10.42 | "
             "algorithm.optimizer.lr=5 trainer.epochs=30 |") in md
+
+
+def test_a_run_of_another_method_than_its_cell_now_runs_is_labelled(tmp_path):
+    # the FW-DTP table's DTP rows moved from Bartunov's DTP to the authors' code's: older runs say so
+    report = load_report()
+    ref = {**REF_FW, "row": "DTP (0.5M / 6.3M)", "value": 11.86}
+    runs = tmp_path / "runs"
+    write_run(runs / "old", ref, 1, [12.0], [10.0])
+    write_run(runs / "new", ref, 1, [11.0], [10.0])
+    for name, algorithm in (("old", "dtp"), ("new", "dtp_shibuya_code")):
+        summary = json.loads((runs / name / "summary.json").read_text())
+        (runs / name / "summary.json").write_text(json.dumps({**summary, "choices": {"algorithm": algorithm}}))
+    conf = tmp_path / "conf" / "experiment" / "shibuya2023" / "fmnist"
+    conf.mkdir(parents=True)
+    (conf / "dtp_0.5m.yaml").write_text("# @package _global_\n" + json.dumps(
+        {"defaults": [{"override /algorithm": "dtp_shibuya_code"}], "reference": ref}) + "\n")
+    cells = report.build_cells(report.find_runs([runs]), report.read_presets(tmp_path / "conf"))
+    variants = sorted(c.variant for c in cells.values())
+    assert variants == ["", "ran algorithm=dtp, the cell runs dtp_shibuya_code"]

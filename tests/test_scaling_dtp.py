@@ -272,3 +272,44 @@ def test_trainer_runs_scaling_dtp(data_root, tmp_path):
     rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [1]
     assert math.isfinite(rows[0]["train_loss"]) and 0 <= rows[0]["test_error"] <= 100
+
+
+def test_detached_reference_drops_r_from_the_gradient():
+    """FW-DTP's code's L-DRL (reference=detached): the gradient is that of the same loss with
+    r = g(y) a constant; with r attached (Ernoult) it differs."""
+    torch.manual_seed(0)
+    net = small_fc(widths=(3, 2), activation="elu")
+    grads = {}
+    for reference in ("attached", "detached"):
+        algo = ScalingDTP(config(noise=0.3, reference=reference), net, 1)
+        torch.manual_seed(5)
+        for p in algo.feedback.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+        g = algo.feedback["1"]
+        x = torch.randn(7, 3, dtype=torch.float64)
+        with torch.no_grad():
+            y, ctx = net.blocks[1].forward_ctx(x)
+        layer = _Layer(1, 1, 0.3, x, y, ctx, torch.Generator().manual_seed(11))
+        (grad,) = torch.autograd.grad(algo.ldrl_loss(layer), g.weight_op.weight)
+        grads[reference] = grad
+        if reference == "detached":
+            gen = torch.Generator().manual_seed(11)
+            dx = 0.3 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+            dy = 0.3 * torch.randn(y.shape, generator=gen, dtype=torch.float64)
+            r = g(y, ctx).detach()
+            with torch.no_grad():
+                y_noise, _ = net.blocks[1].forward_ctx(x + dx)
+            by_hand = (-2.0 * (dx * (g(y_noise, ctx) - r)).sum() + (g(y + dy, ctx) - r).pow(2).sum()) / 7
+            (expected,) = torch.autograd.grad(by_hand, g.weight_op.weight)
+            torch.testing.assert_close(grad, expected)
+    assert not torch.allclose(grads["attached"], grads["detached"])
+
+
+def test_l_drl_shibuya_code_composes_as_that_code():
+    from conftest import compose
+    from dtp_bench.config import validate
+
+    a = validate(compose(["algorithm=l_drl_shibuya_code"])).algorithm
+    assert (a.reference, a.feedback_placement, a.feedback_bias, a.feedback_init) == ("detached", "output", False, "uniform")
+    assert (a.feedback_iterations, a.feedback_pretrain_epochs) == (5, 5)
+    assert a.optimizer.name == a.feedback_optimizer.name == "sgd" and a.optimizer.schedule == "none"

@@ -3,7 +3,8 @@ Propagation"): the feedback of block i learns to reconstruct a corrupted h_i aft
 up to the output and brought back down through the whole difference-corrected feedback chain.
 
 The reconstruction is compared with the *corrupted* activation h_i + σε, as in the authors' code
-(FW-DTP's released DRL baseline compares it with the clean one, which trains a different quantity).
+(FW-DTP's released DRL baseline compares it with the clean one, which trains a different quantity;
+``regression_target=clean`` reproduces that code, as algorithm=drl_shibuya_code).
 """
 from __future__ import annotations
 
@@ -30,5 +31,6 @@ class DifferenceReconstruction(TargetPropagation):
                     upper = self.propagate(k, upper, hs, ctxs)
             # the same difference-corrected step that sends targets down; only g_i gets this gradient
             reconstruction = self.propagate(i, upper, hs, ctxs)
-            total = total + squared_error(reconstruction, noisy, self.cfg.feedback_loss_reduction) / sigma ** 2
+            reference = noisy if self.cfg.regression_target == "noisy" else hs[i]
+            total = total + squared_error(reconstruction, reference, self.cfg.feedback_loss_reduction) / sigma ** 2
         return total

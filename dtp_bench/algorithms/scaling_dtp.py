@@ -195,7 +195,9 @@ class ScalingDTP(TargetPropagation):
         """One sample of the L-DRL feedback loss of one layer (with a graph to g's parameters)."""
         i, x, y, ctx, sigma = layer.block, layer.x, layer.y, layer.ctx, layer.sigma
         g = self.feedback[str(i)]
-        r = g(y, ctx)  # clean indices; not detached
+        r = g(y, ctx)  # clean indices
+        if self.cfg.reference == "detached":  # FW-DTP's code: r is a constant of the loss
+            r = r.detach()
         dx = sigma * _noise(x, layer.generator)
         with torch.no_grad():
             y_noise, ctx_noise = self.network.blocks[i].forward_ctx(x + dx)
@@ -232,7 +234,7 @@ class ScalingDTP(TargetPropagation):
         if optimizer is None:
             return
         layers = self.prepare_layers(x, forward)
-        if self.cfg.lockstep:
+        if self.cfg.lockstep and self.cfg.reference == "attached":  # the closed forms differentiate r
             self._train_lockstep(layers, optimizer)
         else:
             self._train_per_layer(layers, optimizer)

@@ -129,8 +129,29 @@ class TargetPropConfig(AlgorithmConfig):
         self.feedback_optimizer.validate(f"{key}.feedback_optimizer")
 
 
-for _name in ("tp", "dtp", "sdtp", "ao_sdtp", "fw_dtp", "drl"):
+for _name in ("tp", "dtp", "sdtp", "ao_sdtp", "fw_dtp"):
     register_schema("algorithm", _name, TargetPropConfig)
+
+DRL_REGRESSION_TARGETS = ("noisy", "clean")
+
+
+@dataclass
+class DRLConfig(TargetPropConfig):
+    """DRL (Meulemans et al. 2020): the engine with the difference reconstruction loss.
+
+    regression_target: what the reconstruction of a corrupted h_i + σε is compared with. noisy
+      (Meulemans et al.'s definition and code) or clean h_i (FW-DTP's released DRL baseline: a
+      different quantity, kept only to reproduce that code's row; algorithm=drl_shibuya_code)."""
+
+    name: str = "drl"
+    regression_target: str = "noisy"
+
+    def validate(self, key: str = "algorithm") -> None:
+        super().validate(key)
+        check_choice(self.regression_target, f"{key}.regression_target", DRL_REGRESSION_TARGETS)
+
+
+register_schema("algorithm", "drl", DRLConfig)
 
 
 # ---------------------------------------------------------------- feedback alignment (fa, dfa)
@@ -163,6 +184,9 @@ register_schema("algorithm", "dfa", FeedbackAlignmentConfig)
 
 # ================================================================ scaling_dtp / l_drl
 # (Ernoult et al. 2022, "learning backprop targets"; owned by dtp_bench/algorithms/scaling_dtp.py)
+LDRL_REFERENCES = ("attached", "detached")
+
+
 @dataclass
 class ScalingDTPConfig(TargetPropConfig):
     """L-DRL: the target-propagation engine with Ernoult et al.'s feedback loss and schedule.
@@ -189,6 +213,8 @@ class ScalingDTPConfig(TargetPropConfig):
     local_loss_scale: float = 0.5
     feedback_iterations: Any = 20
     lockstep: bool = True
+    reference: str = "attached"  # r = g(s_{i+1}) in both L-DRL terms: attached (Ernoult et al.'s code: the
+    #   loss is differentiated through r too) or detached (FW-DTP's released L-DRL; algorithm=l_drl_shibuya_code)
 
     def validate(self, key: str = "algorithm") -> None:
         from omegaconf import OmegaConf
@@ -203,6 +229,7 @@ class ScalingDTPConfig(TargetPropConfig):
               "is not used by L-DRL; its feedback updates per minibatch are feedback_iterations")
         check(self.feedback_loss_reduction == "batch_mean", f"{key}.feedback_loss_reduction",
               "is not used by L-DRL (its loss is a batch mean by definition); leave it at batch_mean")
+        check_choice(self.reference, f"{key}.reference", LDRL_REFERENCES)
         items = self.feedback_iterations
         items = list(items) if isinstance(items, (list, tuple)) or OmegaConf.is_list(items) else [items]
         check(len(items) > 0 and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in items),
