@@ -438,6 +438,10 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
              "normalised with its own statistics (their code used MNIST's for all)."]
     if algo in FW_FEEDBACK_LOSS_ROWS:
         notes.append(FW_FEEDBACK_LOSS_ROWS[algo])
+    if algo == "scaling_dtp":  # scalingDTP's cosine schedule spans the run (its T = 85 of 90 epochs is Ernoult's)
+        epochs = FW_SEARCH_EPOCHS if search else body["trainer"]["epochs"]
+        body.setdefault("algorithm", {}).setdefault("optimizer", {})["cosine_t_max"] = epochs
+        notes.append(f"Cosine schedule over the whole run (T_max = {epochs} epochs; no value in this paper).")
     if size == "narrow":
         notes.append("Width 164: the authors' code's 'small' variant (0.5M if a feedback matrix is counted for "
                      "every layer; forward + the feedback trained here is 0.35M, see summary.json 'parameters')."
