@@ -5,7 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test test-slow bench data report presets clean-venv
+.PHONY: help run test test-slow bench data report presets clean-venv
+
+help:  ## list the targets
+	@echo "make run        train the default config (FW-DTP, F-MNIST, FC) and print its test error"
+	@echo "make test       the test suite (CI runs exactly this)"
+	@echo "make test-slow  long checks (pytest marker slow): e.g. every default vs its frozen control, 5 epochs"
+	@echo "make bench      speed benchmarks -> results/bench/"
+	@echo "make data       install Fashion-MNIST (Debian package) if missing"
+	@echo "make report     tables and figures in results/ from results/runs"
+	@echo "make presets    regenerate conf/experiment from scripts/make_presets.py"
+	@echo "make table-<paper>+<table> ARGS=seed=1,2,3   run a whole table"
+	@echo "make clean-venv remove .venv"
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)

@@ -320,6 +320,7 @@ FW_SEARCH_TRIALS, FW_SEARCH_EPOCHS = 40, 30
 # F-MNIST is reachable here. Trials: results/runs/shibuya2023_search_fmnist_<row>_12x10ep. Cells without
 # an entry keep the algorithm's defaults until their column's search has run.
 FW_CHOSEN_BUDGET = "12 trials (Optuna TPE, seed 0; the first 10 random) x 10 epochs"
+FW_CHOSEN_BUDGET_OF: dict = {}  # (column, row): the budget of a search rerun at the preset's budget
 FW_CHOSEN = {  # column: {row: {dotted key: value}} (trial values rounded to 4 significant digits)
     "fmnist": {
         "bp": {"algorithm.optimizer.lr": 7.036e-4},  # trial 4
@@ -416,7 +417,8 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
     search_name = fw_search_name(col, row)
     if chosen:
         hyper = (f"Hyperparameters chosen on the {col_label} validation split by experiment={search_name} at a "
-                 f"reduced budget ({FW_CHOSEN_BUDGET}): " + ", ".join(f"{k}={v}" for k, v in chosen.items())
+                 + (f"budget of {FW_CHOSEN_BUDGET_OF[(col, row)]}: " if (col, row) in FW_CHOSEN_BUDGET_OF else
+                    f"reduced budget ({FW_CHOSEN_BUDGET}): ") + ", ".join(f"{k}={v}" for k, v in chosen.items())
                  + "; the rest are " + (meulemans_drl_config(col) + "." if published else "the algorithm's defaults."))
     elif algo == "drl" and col == "fmnist":
         hyper = f"Hyperparameters: {meulemans_drl_config(col)}, our drl defaults."

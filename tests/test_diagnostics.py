@@ -156,7 +156,10 @@ def test_learned_dtp_has_all_diagnostics():
                                [b.weight_op.weight for b in twin.network.blocks])
     twin.forward_update(x, y)
     for i, (block, grad) in enumerate(zip(twin.network.blocks, true)):
-        assert out[f"angle_update/block{i}"] == pytest.approx(_degrees(block.weight_op.weight.grad, grad), abs=1e-6)
+        expected = _degrees(block.weight_op.weight.grad, grad)
+        # near 0° arccos amplifies rounding: cos = 1 − δ gives √(2δ) rad, and float32 gradients summed in
+        # a BLAS-thread-dependent order leave δ ~ 1e-7 (0.03°); away from 0° the two agree to 1e-6
+        assert out[f"angle_update/block{i}"] == pytest.approx(expected, abs=1e-6 if expected > 1.0 else 0.05)
 
 
 # ---------------------------------------------------------------- Jacobians and weights
