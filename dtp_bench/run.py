@@ -34,6 +34,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
     """Train ``cfg``; returns the objective a sweeper minimises (validation error when a split is
     held out, else test error; FAILED_OBJECTIVE for failed or diverged runs)."""
     hydra_dir, choices, multirun = _hydra_context()
+    problem = _sweep_objective_problem(cfg) if multirun else None
+    if problem:  # a sweep-level error: stop the whole sweep, not trial after trial
+        print(f"config error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     run_dir = Path(run_dir or hydra_dir)
     finished_before = bool(cfg.get("resume")) and _completed(run_dir)
     trainer = None
@@ -71,6 +75,20 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
           f"{summary['epochs_completed']} epochs, {summary['total_seconds']:.1f} s) — {run_dir}")
     objective = summary["final_val_error"]
     return summary["final_test_error"] if objective is None else objective
+
+
+OPTIMISING_SWEEPERS = ("optuna", "nevergrad", "ax")  # sweepers that minimise what a job returns
+
+
+def _sweep_objective_problem(cfg: DictConfig) -> str | None:
+    """Why this sweep must not run: an optimising sweeper with no validation split would minimise
+    the test error (run() returns it when no split is held out)."""
+    target = str(HydraConfig.get().sweeper.get("_target_", "")).lower()
+    if any(name in target for name in OPTIMISING_SWEEPERS) and not cfg.trainer.get("val_size"):
+        return ("trainer.val_size: an optimising sweeper minimises the validation error, and this config holds "
+                "no validation split out (trainer.val_size=0), so it would tune on the test set; hold one out, "
+                "e.g. trainer.val_size=10000")
+    return None
 
 
 def _percent(value) -> str:

@@ -22,3 +22,15 @@ def test_sweep_with_a_failing_job(data_root, tmp_path):
     assert failed["status"] == "failed" and "trainer.val_size" in failed["error"]
     assert "trainer.val_size" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_optimising_sweep_without_a_validation_split_is_refused(data_root, tmp_path):
+    args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "algorithm.optimizer.lr=interval(1e-4, 1e-2)",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", *tiny_overrides(data_root, epochs=1)]
+    result = train_py(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "trainer.val_size" in result.stderr and "test set" in result.stderr
+    assert not list((tmp_path / "sweep").rglob("metrics.jsonl"))  # nothing trained
+    ok = train_py([*args[:-len(tiny_overrides(data_root, epochs=1))], *tiny_overrides(data_root, epochs=1),
+                   "trainer.val_size=8", f"hydra.sweep.dir={tmp_path / 'sweep2'}"], cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
