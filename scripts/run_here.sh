@@ -104,3 +104,8 @@ for e in shibuya2023/fmnist/drl_1.1m shibuya2023/fmnist/drl_0.5m shibuya2023/fmn
   $PY scripts/estimate_cost.py experiment=$e --json > results/estimates/$(echo $e | tr / _).json
 done
 $PY scripts/estimate_cost.py --summarize results/estimates
+
+# Issue 17: the F-MNIST BP search at the preset's budget (40 TPE trials x 30 epochs), resumable study in sqlite
+$PY train.py -m experiment=shibuya2023/search/bp trainer.checkpoint=false trainer.progress=off trainer.device=cpu \
+    hydra.sweeper.storage=sqlite:///$RUNS/shibuya2023_search_fmnist_bp_40x30ep/optuna.db \
+    hydra.sweep.dir=$RUNS/shibuya2023_search_fmnist_bp_40x30ep
