@@ -83,6 +83,8 @@ OPTIMISING_SWEEPERS = ("optuna", "nevergrad", "ax")  # sweepers that minimise wh
 def _sweep_objective_problem(cfg: DictConfig) -> str | None:
     """Why this sweep must not run: an optimising sweeper with no validation split would minimise
     the test error (run() returns it when no split is held out)."""
+    if not HydraConfig.initialized():  # called outside a Hydra app (tests, a notebook): no sweeper
+        return None
     target = str(HydraConfig.get().sweeper.get("_target_", "")).lower()
     if any(name in target for name in OPTIMISING_SWEEPERS) and not cfg.trainer.get("val_size"):
         return ("trainer.val_size: an optimising sweeper minimises the validation error, and this config holds "
