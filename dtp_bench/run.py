@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from .config import ConfigError, validate
 from .data import DataError
-from .trainer import SUMMARY, Trainer, write_json_atomic
+from .trainer import CHECKPOINT, SUMMARY, Trainer, write_json_atomic
 
 RESUME_ERROR = "resume_error.json"  # why a later attempt on a completed run failed
 FAILED_OBJECTIVE = 100.0  # error % reported to sweepers for failed or diverged jobs
@@ -40,6 +40,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
         raise SystemExit(2)
     run_dir = Path(run_dir or hydra_dir)
     finished_before = bool(cfg.get("resume")) and _completed(run_dir)
+    if finished_before and not (run_dir / CHECKPOINT).exists():
+        done = _finished_summary(run_dir, cfg)
+        if done is not None:  # trainer.checkpoint=false: the summary alone says this job is done
+            print(f"resume: {run_dir} already holds this run, completed ({done['epochs_completed']} epochs); "
+                  f"nothing to train")
+            return done["final_test_error"] if done.get("final_val_error") is None else done["final_val_error"]
     trainer = None
     try:
         typed = validate(cfg)
@@ -103,6 +109,18 @@ def _completed(run_dir: Path) -> bool:
         return json.loads((run_dir / SUMMARY).read_text()).get("status") == "completed"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _finished_summary(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """The completed summary in ``run_dir`` when it was written by this config at this length."""
+    from .trainer import config_hash
+
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text())
+        same = summary.get("config_hash") == config_hash(cfg)
+        return summary if same and summary.get("epochs_completed") == cfg.trainer.epochs else None
+    except Exception:  # an unreadable summary or a config that does not resolve: train as usual
+        return None
 
 
 def _fail(run_dir: Path, choices: dict, message: str, multirun: bool, exit_code: int,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
@@ -33,6 +34,57 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WANDB_ID = "wandb_id.txt"  # the W&B run id, so a resume logs to the same W&B run
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.float32}
+TRAIN_LOG = "train.log"  # the name Hydra gives its job log (hydra.job.name = train)
+BAR_REFRESH_STEPS = 25  # the progress bar's loss/error refresh (a host sync, only when the bar shows)
+
+log = logging.getLogger("dtp_bench")
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One line per epoch, for the console and train.log."""
+    def pct(key):
+        return f"{row[key]:.2f}%" if row.get(key) is not None else "n/a"
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train loss {row['train_loss']:.4g}",
+             f"train error {pct('train_error')}"]
+    if "val_error" in row:
+        parts.append(f"val error {pct('val_error')}")
+    parts.append(f"test error {pct('test_error')}")
+    parts += [f"{k} {v:.3g}" for k, v in row.items() if k.startswith("lr_")]
+    parts.append(f"{row['epoch_seconds']:.1f} s")
+    return ", ".join(parts)
+
+
+def warn(message: str) -> None:
+    """A warning to train.log and the console (printed to stderr when no console handler logs it,
+    as outside a Hydra app)."""
+    log.warning(message)
+    consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    if not any(type(h) is logging.StreamHandler and h.stream in consoles for h in logging.getLogger().handlers):
+        print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def train_log(run_dir: Path):
+    """Log records to ``run_dir/train.log`` (and, outside a Hydra app, the console): Hydra's job
+    logging already writes that file when the run dir is its output dir; otherwise (a run dir
+    passed in, tests, notebooks) a handler is added for the run."""
+    path = (run_dir / TRAIN_LOG).resolve()
+    handlers = logging.getLogger().handlers + log.handlers
+    added = []
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path for h in handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+        added.append(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    for handler in added:
+        log.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in added:
+            log.removeHandler(handler)
+            handler.close()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,6 +164,14 @@ ADDED_KEYS = {"trainer.frozen_blocks": [], "arch.batch_norm_eps": 1e-5,
               "algorithm.aux_init": "xavier_uniform",
               # variants of FW-DTP's released code (their defaults are the papers' methods)
               "algorithm.regression_target": "noisy", "algorithm.reference": "attached"}
+
+
+def config_hash(cfg) -> str:
+    """A short hash of the resume fingerprint: summary.json carries it, so ``resume=true`` can tell
+    a finished run of this config without a checkpoint."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(_config_fingerprint(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _config_changes(stored: str, cfg) -> list[str]:
@@ -290,6 +350,9 @@ class Trainer:
             self.step += 1
             if bar is not None:
                 bar.update(1)
+                if self.step % BAR_REFRESH_STEPS == 0:  # a host sync, only for an interactive bar
+                    bar.set_postfix(loss=f"{loss_sum.item() / max(n, 1):.4f}",
+                                    error=f"{100.0 * wrong.item() / max(n, 1):.2f}%", refresh=False)
         self._synchronize()
         seconds = time.perf_counter() - start - diag_seconds  # diagnostics: not training time
         if bar is not None:
@@ -305,6 +368,12 @@ class Trainer:
         return row
 
     def fit(self) -> dict:
+        with train_log(self.run_dir):
+            log.info("run directory %s, device %s (%s)\nconfig:\n%s", self.run_dir, self.device,
+                     hardware_description(self.device), OmegaConf.to_yaml(self.cfg, resolve=True).rstrip())
+            return self._fit()
+
+    def _fit(self) -> dict:
         t = self.typed.trainer
         if not (self.typed.resume and self.try_resume()):
             (self.run_dir / METRICS).write_text("")  # a fresh start: no rows of an earlier attempt
@@ -318,8 +387,7 @@ class Trainer:
                 self.diverged_epoch = epoch + 1
                 row["test_error"] = None
                 self._record(row, checkpoint=False)
-                print(f"diverged: training loss {row['train_loss']}, or a non-finite weight, in epoch "
-                      f"{epoch + 1}", file=sys.stderr)
+                warn(f"diverged: training loss {row['train_loss']}, or a non-finite weight, in epoch {epoch + 1}")
                 return self.write_summary("diverged")
             row["test_error"], top5 = self.evaluate("test")
             if top5 is not None:
@@ -329,9 +397,10 @@ class Trainer:
             self.algorithm.after_epoch(epoch)
             self.best_test_error = min(self.best_test_error, row["test_error"])
             self._record(row, checkpoint=t.checkpoint)
+            log.info(epoch_line(row, t.epochs))
             if self.learning_signal is not None:
                 for line in self.learning_signal.new_warnings(self.history):
-                    print(line, file=sys.stderr)
+                    warn(line)
         return self.write_summary("completed")
 
     def _check_activations(self, x: torch.Tensor) -> None:
@@ -348,8 +417,8 @@ class Trainer:
             self.activation_blowup = activation_growth(before[:-1], after[:-1], d.activation_growth_limit)
             self._activation_probe = None
             if self.activation_blowup:  # a warning, not a stop: the NaN check records a real divergence
-                print(f"warning: {self.activation_blowup}; the run may diverge (check the lr and the input "
-                      f"normalisation)", file=sys.stderr)
+                warn(f"warning: {self.activation_blowup}; the run may diverge (check the lr and the input "
+                     f"normalisation)")
 
     def _parameters_finite(self) -> bool:
         params = [p for p in self.algorithm.parameters() if p.is_floating_point()]
@@ -405,6 +474,7 @@ class Trainer:
             "precision": self.typed.trainer.precision,
             "torch_version": torch.__version__,
             "command": " ".join(["python"] + sys.argv),
+            "config_hash": config_hash(self.cfg),
         }
         if self.learning_signal is not None and self.history:
             summary["learning_signal"] = self.learning_signal.summary(self.history)

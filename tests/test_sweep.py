@@ -14,7 +14,8 @@ def test_sweep_with_a_failing_job(data_root, tmp_path):
             "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",
             *tiny_overrides(data_root, epochs=1)]
     result = train_py(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 1, result.stderr[-2000:]  # a job failed: the sweep says so
+    assert "1 completed, 1 failed (2 jobs)" in result.stderr
     ok = json.loads((sweep_dir / "0" / "summary.json").read_text())
     failed = json.loads((sweep_dir / "1" / "summary.json").read_text())
     assert ok["status"] == "completed" and ok["seed"] == 1 and ok["final_test_error"] is not None
@@ -34,3 +35,4 @@ def test_an_optimising_sweep_without_a_validation_split_is_refused(data_root, tm
     ok = train_py([*args[:-len(tiny_overrides(data_root, epochs=1))], *tiny_overrides(data_root, epochs=1),
                    "trainer.val_size=8", f"hydra.sweep.dir={tmp_path / 'sweep2'}"], cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "2 completed (2 jobs)" in ok.stderr

@@ -221,6 +221,20 @@ def test_resume_without_a_checkpoint_starts_afresh(data_root, tmp_path):
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]  # not the first attempt's rows again
 
 
+def test_resume_skips_a_finished_run_without_a_checkpoint(data_root, tmp_path, capsys):
+    # trainer.checkpoint=false: the completed summary of the same config says the job is done
+    overrides = tiny_overrides(data_root, epochs=2) + ["trainer.checkpoint=false"]
+    first = run_config(overrides, tmp_path)
+    metrics, summary = (tmp_path / "metrics.jsonl").read_text(), (tmp_path / SUMMARY).read_text()
+    capsys.readouterr()
+    assert run_config(overrides + ["resume=true"], tmp_path) == first
+    assert "nothing to train" in capsys.readouterr().out
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics and (tmp_path / SUMMARY).read_text() == summary
+    # a longer run, or another config, is not "done": it trains (from scratch: no checkpoint)
+    run_config(overrides + ["resume=true", "trainer.epochs=3"], tmp_path)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
 def test_a_failed_resume_keeps_the_completed_summary(data_root, tmp_path):
     overrides = tiny_overrides(data_root, epochs=1)
     run_config(overrides, tmp_path)
@@ -361,6 +375,7 @@ def test_nan_loss_means_diverged(data_root, tmp_path, monkeypatch, capsys):
     seconds = [row["epoch_seconds"] for row in read_metrics(tmp_path, drop_timing=False)]
     assert summary["total_seconds"] == pytest.approx(sum(seconds)) and seconds[1] > 0
     assert "diverged" in capsys.readouterr().out
+    assert "diverged: training loss" in (tmp_path / trainer_module.TRAIN_LOG).read_text()  # the warning too
 
 
 def test_huge_learning_rate_diverges(data_root, tmp_path):
@@ -436,3 +451,17 @@ def test_frozen_blocks_keep_their_initial_weights(data_root, tmp_path, algorithm
         weights[name] = {k: v for k, v in state.items() if k.startswith("network.")}
     moved = {k for k, v in weights["partly"].items() if not torch.equal(v, weights["start"][k])}
     assert moved and all(k.startswith("network.blocks.2.") for k in moved), sorted(moved)
+
+
+def test_train_log_has_the_config_and_one_line_per_epoch(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_config(tiny_overrides(data_root, epochs=2) + ["trainer.val_size=16"], run_dir)
+    text = (run_dir / trainer_module.TRAIN_LOG).read_text()
+    assert "config:" in text and "batch_size: 16" in text  # the resolved config, at the start
+    epoch_lines = [line for line in text.splitlines() if "] - epoch " in line or "] epoch " in line]
+    assert len(epoch_lines) == 2, text
+    assert all(k in epoch_lines[-1] for k in ("epoch 2/2", "train loss", "val error", "test error", "lr_forward", " s"))
+    # a second run in the same process does not write into the first run's log
+    run_config(tiny_overrides(data_root, epochs=1), tmp_path / "other")
+    assert (run_dir / trainer_module.TRAIN_LOG).read_text() == text
+
