@@ -34,6 +34,7 @@ done
 # 2) The paper's budget (100 epochs, 3 seeds) with those values
 $PY train.py -m experiment=shibuya2023/fmnist/dtp_1.1m,shibuya2023/fmnist/dtp_0.5m,shibuya2023/fmnist/fw_dtp,shibuya2023/fmnist/bp \
     seed=1,2,3 trainer.checkpoint=false $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_100ep
+# (its BP jobs were removed once BP was rerun with the 40 x 30 search's lr: shibuya2023_fmnist_bp_100ep below)
 # DRL at the paper's budget (100 epochs, seeds 1-3): three jobs at once on the two cores, niced;
 # checkpoints on, so a stopped sweep continues by rerunning its command with resume=true
 for w in 0.5m 1.1m; do
@@ -109,3 +110,10 @@ $PY scripts/estimate_cost.py --summarize results/estimates
 $PY train.py -m experiment=shibuya2023/search/bp trainer.checkpoint=false trainer.progress=off trainer.device=cpu \
     hydra.sweeper.storage=sqlite:///$RUNS/shibuya2023_search_fmnist_bp_40x30ep/optuna.db \
     hydra.sweep.dir=$RUNS/shibuya2023_search_fmnist_bp_40x30ep
+# ... and the BP cell with its lr (7.502e-4), 100 epochs x seeds 1-3, two jobs side by side, niced beside
+# the FW-DTP search below; run in a folder outside the repo and moved here without its checkpoints
+nice -n 10 $PY train.py -m experiment=shibuya2023/fmnist/bp seed=1,2,3 $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_bp_100ep
+# The F-MNIST FW-DTP search at the preset's budget (40 x 30), two trials at a time, resumable (sqlite)
+nice -n 10 $PY train.py -m experiment=shibuya2023/search/fw_dtp trainer.checkpoint=false hydra.sweeper.n_jobs=2 $JOBLIB \
+    hydra.sweeper.storage=sqlite:///$RUNS/shibuya2023_search_fmnist_fw_dtp_40x30ep/optuna.db \
+    hydra.sweep.dir=$RUNS/shibuya2023_search_fmnist_fw_dtp_40x30ep
