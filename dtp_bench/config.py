@@ -33,9 +33,11 @@ def check_choice(value: Any, key: str, allowed: tuple[str, ...] | list[str]) -> 
 
 
 def check_positive(value: Any, key: str, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    check(ok, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    bound = ">= 0" if allow_zero else "> 0"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    check(number, key, f"must be a number ({bound}), got {value!r}")
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    check(ok, key, f"must be {bound}, got {value!r}")
 
 
 def per_layer(value: Any, n_layers: int, key: str, allow_zero: bool = True) -> list[float]:

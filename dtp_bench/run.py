@@ -5,6 +5,7 @@ job records ``status: failed`` in its summary.json and returns, so the other job
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
@@ -18,6 +19,7 @@ from .config import ConfigError, validate
 from .data import DataError
 from .trainer import CHECKPOINT, SUMMARY, Trainer, write_json_atomic
 
+LOCK = ".lock"  # held (flock) while a process trains into the run directory
 RESUME_ERROR = "resume_error.json"  # why a later attempt on a completed run failed
 FAILED_OBJECTIVE = 100.0  # error % reported to sweepers for failed or diverged jobs
 
@@ -39,6 +41,40 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
         print(f"config error: {problem}", file=sys.stderr)
         raise SystemExit(2)
     run_dir = Path(run_dir or hydra_dir)
+    with _exclusive(run_dir) as locked:
+        if not locked:  # another process owns this folder: touch nothing in it
+            message = (f"config error: {run_dir} is in use by another training process (its {LOCK} is held); "
+                       f"wait for it to finish, or give this run another folder (hydra.run.dir=...)")
+            print(message, file=sys.stderr)
+            if not multirun:
+                sys.exit(2)
+            return FAILED_OBJECTIVE
+        return _run_locked(cfg, run_dir, choices, multirun)
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path):
+    """An exclusive, non-blocking lock on ``run_dir`` for the life of the run (released by the OS
+    if the process dies); yields False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield True
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -> float:
     finished_before = bool(cfg.get("resume")) and _completed(run_dir)
     if finished_before and not (run_dir / CHECKPOINT).exists():
         done = _finished_summary(run_dir, cfg)

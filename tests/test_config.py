@@ -170,3 +170,10 @@ def test_cli_unknown_key_exits_nonzero_without_traceback(tmp_path: Path):
     assert result.returncode != 0
     assert "trainer.batchsize" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_word_where_a_number_belongs_is_called_not_a_number():
+    with pytest.raises(ConfigError, match=r"algorithm.optimizer.lr: must be a number \(> 0\), got 'abc'"):
+        validate(compose(["algorithm.optimizer.lr=abc"]))
+    with pytest.raises(ConfigError, match=r"algorithm.optimizer.lr: must be > 0, got -1"):
+        validate(compose(["algorithm.optimizer.lr=-1"]))

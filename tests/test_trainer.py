@@ -465,3 +465,23 @@ def test_train_log_has_the_config_and_one_line_per_epoch(data_root, tmp_path):
     run_config(tiny_overrides(data_root, epochs=1), tmp_path / "other")
     assert (run_dir / trainer_module.TRAIN_LOG).read_text() == text
 
+
+
+def test_a_run_dir_in_use_by_another_process_is_refused(data_root, tmp_path, capsys):
+    import fcntl
+
+    run_config(tiny_overrides(data_root, epochs=1), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with open(tmp_path / run_module.LOCK, "a") as other:  # another process training into the folder
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit) as exit_info:
+            run_config(tiny_overrides(data_root, epochs=2), tmp_path)
+        assert exit_info.value.code == 2
+        assert "in use by another training process" in capsys.readouterr().err
+        context = run_module._hydra_context  # in a sweep: the job fails, the sweep goes on
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(run_module, "_hydra_context", lambda: (*context()[:2], True))
+            assert run_config(tiny_overrides(data_root, epochs=2), tmp_path) == FAILED_OBJECTIVE
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing touched
+    run_config(tiny_overrides(data_root, epochs=2), tmp_path)  # released: the folder is usable again
+    assert len(read_metrics(tmp_path)) == 2
