@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -49,7 +51,30 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
             if not multirun:
                 sys.exit(2)
             return FAILED_OBJECTIVE
-        return _run_locked(cfg, run_dir, choices, multirun)
+        with _terminate_as_interrupt():
+            return _run_locked(cfg, run_dir, choices, multirun)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption or time limit, `kill`), handled like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While a run trains, SIGTERM raises Terminated, so it is recorded like Ctrl-C (signal handlers
+    can only be set in the main thread; joblib/loky workers keep their own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -90,8 +115,20 @@ def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -
     except (ConfigError, DataError) as exc:
         kind = "config error" if isinstance(exc, ConfigError) else "data error"
         return _fail(run_dir, choices, f"{kind}: {exc}", multirun, exit_code=2, keep_summary=finished_before)
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: record it, say how to continue, stop
+        name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("SIGINT", 130)
+        summary = (trainer.write_summary("interrupted") if trainer is not None
+                   else {"status": "interrupted", "choices": choices})
+        summary["interrupted_by"] = name
+        if not finished_before:  # a completed run's summary stays what it was
+            write_json_atomic(run_dir / SUMMARY, summary)
+        done = len(trainer.history) if trainer is not None else 0
+        saved = (run_dir / CHECKPOINT).exists()
+        print(f"interrupted by {name} after {done} completed epochs; "
+              + (f"rerun the same command with resume=true (hydra.run.dir={run_dir}) to continue from the "
+                 f"checkpoint of epoch {done}" if saved else "no checkpoint (trainer.checkpoint=false): a rerun "
+                 "starts from scratch"), file=sys.stderr)
+        raise SystemExit(code) from None
     except Exception as exc:  # a bug or an out-of-memory: keep the traceback, let the sweep go on
         detail = traceback.format_exc()
         nothing_trained = trainer is None or len(trainer.history) == trainer.start_epoch

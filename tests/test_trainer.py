@@ -124,7 +124,7 @@ def _run_killed_after_epoch_1_then_resumed(overrides, run_dir, monkeypatch) -> N
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit):  # recorded as interrupted, exit 130
         run_config(overrides, run_dir)
     assert len(read_metrics(run_dir)) == 1
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
@@ -485,3 +485,33 @@ def test_a_run_dir_in_use_by_another_process_is_refused(data_root, tmp_path, cap
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing touched
     run_config(tiny_overrides(data_root, epochs=2), tmp_path)  # released: the folder is usable again
     assert len(read_metrics(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("how,code", [("sigint", 130), ("sigterm", 143)])
+def test_an_interrupted_run_is_recorded_and_resumes(data_root, tmp_path, monkeypatch, capsys, how, code):
+    import os
+    import signal
+
+    overrides = tiny_overrides(data_root, epochs=3)
+    run_config(overrides, tmp_path / "straight")
+    train_epoch = Trainer.train_epoch
+
+    def interrupted_in_epoch_2(self, epoch):
+        if epoch == 1:
+            if how == "sigint":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_2)
+    with pytest.raises(SystemExit) as exit_info:
+        run_config(overrides, tmp_path / "run")
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert "interrupted by SIG" in err and "resume=true" in err and "Traceback" not in err
+    summary = json.loads((tmp_path / "run" / SUMMARY).read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] == 1
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was restored, not left raising
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    run_config(overrides + ["resume=true"], tmp_path / "run")
+    assert read_metrics(tmp_path / "run") == read_metrics(tmp_path / "straight")
