@@ -114,7 +114,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -
         summary = trainer.fit()
     except (ConfigError, DataError) as exc:
         kind = "config error" if isinstance(exc, ConfigError) else "data error"
-        return _fail(run_dir, choices, f"{kind}: {exc}", multirun, exit_code=2, keep_summary=finished_before)
+        # nothing was trained: a completed run already in the folder keeps its summary
+        return _fail(run_dir, choices, f"{kind}: {exc}", multirun, exit_code=2, keep_summary=_completed(run_dir))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: record it, say how to continue, stop
         name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("SIGINT", 130)
         summary = (trainer.write_summary("interrupted") if trainer is not None
@@ -133,14 +134,20 @@ def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -
         detail = traceback.format_exc()
         nothing_trained = trainer is None or len(trainer.history) == trainer.start_epoch
         where = run_dir / (RESUME_ERROR if finished_before and nothing_trained else SUMMARY)
-        if where.name == RESUME_ERROR:
-            write_json_atomic(where, {"status": "failed", "error": detail, "choices": choices})
-        elif trainer is not None:
-            summary = trainer.write_summary("failed")
-            summary["error"] = detail
-            write_json_atomic(run_dir / SUMMARY, summary)
-        else:
-            write_json_atomic(run_dir / SUMMARY, {"status": "failed", "error": detail, "choices": choices})
+        try:
+            if where.name == RESUME_ERROR:
+                write_json_atomic(where, {"status": "failed", "error": detail, "choices": choices})
+            elif trainer is not None:
+                summary = trainer.write_summary("failed")
+                summary["error"] = detail
+                write_json_atomic(run_dir / SUMMARY, summary)
+            else:
+                write_json_atomic(run_dir / SUMMARY, {"status": "failed", "error": detail, "choices": choices})
+        except OSError as write_error:  # a full disk: the small status line, in place, is the last try
+            try:
+                (run_dir / SUMMARY).write_text(json.dumps({"status": "failed", "error": str(exc)[:500]}) + "\n")
+            except OSError:
+                print(f"could not record the failure in {run_dir / SUMMARY} ({write_error})", file=sys.stderr)
         if not multirun:
             raise
         print(f"job failed ({exc.__class__.__name__}: {exc}); details in {where}", file=sys.stderr)

@@ -30,6 +30,9 @@ from .data import DeviceData
 from .nn.blocks import build_network
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_HASH = "checkpoint.pt.sha256"
+CHECKPOINT_KEYS = {"history", "best_test_error", "elapsed", "epochs_completed", "step", "algorithm",
+                   "rng_cpu", "rng_cuda", "rng_data", "config"}
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WANDB_ID = "wandb_id.txt"  # the W&B run id, so a resume logs to the same W&B run
@@ -117,10 +120,34 @@ def hardware_description(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp)``, flushed to disk, then renamed over ``path``: a crash leaves the old file or
+    the new one, never half of one; a failed write (a full disk) leaves no temp file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # what may legitimately change when a run is resumed: its length, its display and logging, and
@@ -242,20 +269,36 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         path = self.run_dir / CHECKPOINT
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(self._checkpoint_state(), tmp)
-        os.replace(tmp, path)  # atomic: a crash mid-write never leaves a broken checkpoint
+        state = self._checkpoint_state()
+        digest = {}
+
+        def write(tmp):
+            torch.save(state, tmp)
+            digest["sha256"] = file_sha256(tmp)
+
+        _write_atomic(path, write)
+        # the payload's hash beside it, checked on load (a flipped byte would otherwise resume silently)
+        _write_atomic(path.with_name(CHECKPOINT_HASH), lambda tmp: tmp.write_text(digest["sha256"] + "\n"))
 
     def try_resume(self) -> bool:
         path = self.run_dir / CHECKPOINT
         if not path.exists():
             print(f"resume=true but no {CHECKPOINT} in {self.run_dir}; starting from scratch", file=sys.stderr)
             return False
+        fix = "delete it (the run restarts) or set resume=false"
+        hash_file = path.with_name(CHECKPOINT_HASH)
+        if hash_file.exists() and hash_file.read_text().strip() != file_sha256(path):
+            raise ConfigError(f"resume: {path} is corrupt (its content does not match {CHECKPOINT_HASH}); {fix}")
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
-            raise ConfigError(f"resume: {path} cannot be read ({exc.__class__.__name__}); delete it "
-                              f"or set resume=false") from exc
+            raise ConfigError(f"resume: {path} cannot be read ({exc.__class__.__name__}); {fix}") from exc
+        missing = sorted(CHECKPOINT_KEYS - set(state)) if isinstance(state, dict) else ["all"]
+        if missing:
+            raise ConfigError(f"resume: {path} lacks {', '.join(missing)} (not a checkpoint of this tool); {fix}")
+        if state["epochs_completed"] != len(state["history"]):
+            raise ConfigError(f"resume: {path} says {state['epochs_completed']} epochs completed but holds "
+                              f"{len(state['history'])} epochs of metrics; {fix}")
         saved_device = state.get("device_type", self.device.type)
         if saved_device != self.device.type:
             raise ConfigError(f"resume: {path} was written on {saved_device} and this run is on "
@@ -265,7 +308,13 @@ class Trainer:
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
             raise ConfigError(f"resume: {path} was written by a different configuration ({shown} differ); "
                               f"use a new output directory or the same overrides as the original run")
-        self.algorithm.load_training_state(state["algorithm"])
+        try:
+            self.algorithm.load_training_state(state["algorithm"])
+        except (KeyError, RuntimeError, ValueError) as exc:  # missing tensors, wrong shapes
+            first = str(exc).strip().splitlines()[0][:200]
+            raise ConfigError(f"resume: {path} does not fit this model ({first}); {fix}") from exc
+        if not self._parameters_finite():
+            raise ConfigError(f"resume: {path} holds non-finite weights; {fix}")
         torch.set_rng_state(state["rng_cpu"].cpu())
         if state["rng_cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
@@ -377,6 +426,8 @@ class Trainer:
         t = self.typed.trainer
         if not (self.typed.resume and self.try_resume()):
             (self.run_dir / METRICS).write_text("")  # a fresh start: no rows of an earlier attempt
+            for stale in (CHECKPOINT, CHECKPOINT_HASH):  # ...and no checkpoint of it either
+                (self.run_dir / stale).unlink(missing_ok=True)
         self._open_logger()
         self.write_summary("running")
         for epoch in range(self.start_epoch, t.epochs):

@@ -515,3 +515,98 @@ def test_an_interrupted_run_is_recorded_and_resumes(data_root, tmp_path, monkeyp
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
     run_config(overrides + ["resume=true"], tmp_path / "run")
     assert read_metrics(tmp_path / "run") == read_metrics(tmp_path / "straight")
+
+
+def _flip_bytes(path, count=64):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_checkpoint_is_refused_not_resumed(data_root, tmp_path, monkeypatch, capsys):
+    overrides = tiny_overrides(data_root, epochs=3)
+    with pytest.raises(SystemExit):  # interrupted after epoch 1's checkpoint
+        _interrupt_after_epoch_1(overrides, tmp_path, monkeypatch)
+    monkeypatch.undo()
+    assert (tmp_path / trainer_module.CHECKPOINT_HASH).exists()
+    _flip_bytes(tmp_path / CHECKPOINT)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_config(overrides + ["resume=true"], tmp_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "is corrupt" in err and "resume=false" in err and "Traceback" not in err
+
+
+def test_checkpoint_contents_are_checked(data_root, tmp_path, monkeypatch, capsys):
+    overrides = tiny_overrides(data_root, epochs=3)
+    with pytest.raises(SystemExit):
+        _interrupt_after_epoch_1(overrides, tmp_path, monkeypatch)
+    monkeypatch.undo()
+    path = tmp_path / CHECKPOINT
+    good = torch.load(path, weights_only=True)
+    bad_cases = {
+        "lacks history": {k: v for k, v in good.items() if k != "history"},
+        "epochs of metrics": {**good, "epochs_completed": 2},
+        "does not fit this model": {**good, "algorithm": {**good["algorithm"], "modules": {
+            k: v[:1] for k, v in good["algorithm"]["modules"].items()}}},
+        "non-finite weights": {**good, "algorithm": {**good["algorithm"], "modules": {
+            k: v * math.inf for k, v in good["algorithm"]["modules"].items()}}},
+    }
+    for message, state in bad_cases.items():
+        torch.save(state, path)
+        (tmp_path / trainer_module.CHECKPOINT_HASH).unlink(missing_ok=True)  # hand-edited: no hash
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            run_config(overrides + ["resume=true"], tmp_path)
+        assert message in capsys.readouterr().err, message
+
+
+def _interrupt_after_epoch_1(overrides, run_dir, monkeypatch):
+    save = Trainer.save_checkpoint
+
+    def save_then_die(self):
+        save(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    run_config(overrides, run_dir)
+
+
+def test_a_fresh_run_into_an_old_folder_drops_its_checkpoint(data_root, tmp_path):
+    run_config(tiny_overrides(data_root, epochs=2), tmp_path)
+    run_config(tiny_overrides(data_root, epochs=1) + ["trainer.checkpoint=false"], tmp_path)
+    assert not (tmp_path / CHECKPOINT).exists() and not (tmp_path / trainer_module.CHECKPOINT_HASH).exists()
+
+
+def test_a_config_error_rerun_keeps_a_completed_summary(data_root, tmp_path):
+    run_config(tiny_overrides(data_root, epochs=1), tmp_path)
+    before = (tmp_path / SUMMARY).read_text()
+    with pytest.raises(SystemExit):
+        run_config(tiny_overrides(data_root, epochs=1) + ["algorithm.optimizer.lr=-1"], tmp_path)
+    assert (tmp_path / SUMMARY).read_text() == before
+    assert "algorithm.optimizer.lr" in json.loads((tmp_path / RESUME_ERROR).read_text())["error"]
+
+
+def test_a_full_disk_leaves_no_temp_files_and_a_final_status(data_root, tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    real_save = torch.save
+
+    def half_written_then_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"x" * 1000)  # part of the file made it to disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_written_then_full)
+    with pytest.raises(OSError):
+        run_config(tiny_overrides(data_root, epochs=2), tmp_path / "single")
+    assert not list((tmp_path / "single").glob("*.tmp"))
+    assert json.loads((tmp_path / "single" / SUMMARY).read_text())["status"] == "failed"
+    context = run_module._hydra_context  # in a sweep the error stays inside the job
+    monkeypatch.setattr(run_module, "_hydra_context", lambda: (*context()[:2], True))
+    assert run_config(tiny_overrides(data_root, epochs=2), tmp_path / "job") == FAILED_OBJECTIVE
+    assert json.loads((tmp_path / "job" / SUMMARY).read_text())["status"] == "failed"
+    monkeypatch.setattr(torch, "save", real_save)
