@@ -156,14 +156,15 @@ def _load_idx_dataset(folders: list[Path]) -> Optional[dict]:
     folder = _find_idx_folder(folders)
     if folder is None:
         return None
-    arrays = {key: read_idx(_idx_path(folder, stem)) for key, stem in IDX_FILES.items()}
+    paths = {key: _idx_path(folder, stem) for key, stem in IDX_FILES.items()}
+    arrays = {key: read_idx(path) for key, path in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} "
                             f"do not match")
-    return {split: (arrays[f"{split}_images"][:, None], arrays[f"{split}_labels"])
-            for split in ("train", "test")}
+    return {**{split: (arrays[f"{split}_images"][:, None], arrays[f"{split}_labels"]) for split in ("train", "test")},
+            "files": sorted(str(p) for p in paths.values())}
 
 
 # ---------------------------------------------------------------- pickled image batches
@@ -188,18 +189,22 @@ def _load_pickled(folder: Path, train: list[str], test: list[str], label_key: st
     if not all((folder / name).is_file() for name in train + test):
         return None
     return {"train": _stack_batches([folder / n for n in train], label_key, label_offset),
-            "test": _stack_batches([folder / n for n in test], label_key, label_offset)}
+            "test": _stack_batches([folder / n for n in test], label_key, label_offset),
+            "files": [str(folder / n) for n in train + test]}
 
 
 # ---------------------------------------------------------------- per-dataset readers
-def _read(name: str, root: Path) -> Optional[dict]:
-    """Return {'train': (images uint8 NCHW, labels), 'test': ...} or None when files are absent."""
+def _read(name: str, root: Path, system_fallback: bool = True) -> Optional[dict]:
+    """Return {'train': (images uint8 NCHW, labels), 'test': ..., 'files': [paths read]} or None
+    when files are absent. ``system_fallback``: Fashion-MNIST may come from Debian's package folder
+    (only when no dataset.root was given: a given root is the only place looked in)."""
     # MNIST and Fashion-MNIST files have the same names, so each is looked for only in folders
     # named after it: a flat root holding one of them must never be read as the other
     if name == "mnist":
         return _load_idx_dataset([root / folder for folder in IDX_FOLDERS["mnist"]])
     if name == "fmnist":
-        return _load_idx_dataset([root / folder for folder in IDX_FOLDERS["fmnist"]] + [FMNIST_SYSTEM_DIR])
+        system = [FMNIST_SYSTEM_DIR] if system_fallback else []
+        return _load_idx_dataset([root / folder for folder in IDX_FOLDERS["fmnist"]] + system)
     if name == "cifar10":
         return _load_pickled(root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                              ["test_batch"], "labels")
@@ -215,10 +220,10 @@ def _read(name: str, root: Path) -> Optional[dict]:
     raise DataError(f"unknown dataset {name!r}")
 
 
-def _expected_files(name: str, root: Path) -> str:
+def _expected_files(name: str, root: Path, system_fallback: bool = True) -> str:
     if name in ("mnist", "fmnist"):
         where = " or ".join(f"{root}/{folder}/" for folder in IDX_FOLDERS[name])
-        if name == "fmnist":
+        if name == "fmnist" and system_fallback:
             where += f" or {FMNIST_SYSTEM_DIR}/"
         return f"{', '.join(IDX_FILES.values())} (.gz or unpacked) in {where}"
     if name == "cifar10":
@@ -241,10 +246,11 @@ def _download(name: str, root: Path) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def read_dataset(name: str, root: str, download: bool) -> dict:
-    """Parse a dataset once per process (a sweep in one process reuses it)."""
+def read_dataset(name: str, root: str, download: bool, system_fallback: bool = True) -> dict:
+    """Parse a dataset once per process (a sweep in one process reuses it): {'train': (x, y),
+    'test': (x, y), 'files': [the files read]}."""
     root_path = Path(root).expanduser()
-    found = _read(name, root_path)
+    found = _read(name, root_path, system_fallback)
     if found is None and download and name != "imagenet32":
         try:
             _download(name, root_path)
@@ -252,22 +258,23 @@ def read_dataset(name: str, root: str, download: bool) -> dict:
             download_error = f" (download failed: {exc.__class__.__name__}: {str(exc)[:120]})"
         else:
             download_error = ""
-        found = _read(name, root_path)
+        found = _read(name, root_path, system_fallback)
     else:
         download_error = "" if download else " (dataset.download=false)"
     if found is None:
-        raise DataError(f"dataset {name!r} not found: expected {_expected_files(name, root_path)}"
+        raise DataError(f"dataset {name!r} not found: expected {_expected_files(name, root_path, system_fallback)}"
                         f"{download_error}. Get it with {SPECS[name].how_to_get}, or set dataset.root=... "
                         f"(or $DTP_BENCH_DATA) so that one of those paths exists.")
     spec = SPECS[name]
+    files = found.pop("files")
     for split, (images, labels) in found.items():
         if images.shape[1:] != (spec.channels, spec.size, spec.size):
             raise DataError(f"{name} {split}: images have shape {images.shape[1:]}, expected "
                             f"{(spec.channels, spec.size, spec.size)}")
         if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
             raise DataError(f"{name} {split}: labels outside 0..{spec.num_classes - 1}; corrupt file")
-    return {split: (torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64)))
-            for split, (images, labels) in found.items()}
+    return {**{split: (torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64)))
+               for split, (images, labels) in found.items()}, "files": files}
 
 
 # ---------------------------------------------------------------- on-device data
@@ -312,7 +319,9 @@ class DeviceData:
         self.device = device
         self.dtype = dtype
         root = str(Path(cfg.root).expanduser()) if cfg.root else str(default_root())
-        splits = read_dataset(cfg.name, root, cfg.download)
+        # a given root is the only place looked in; the default one may fall back to a system copy
+        splits = read_dataset(cfg.name, root, cfg.download, system_fallback=not cfg.root)
+        self.files = splits["files"]  # recorded in summary.json: which copy of the data a run read
         train_x, train_y = splits["train"]
         test_x, test_y = splits["test"]
         if val_size >= len(train_y):

@@ -523,6 +523,7 @@ class Trainer:
             "hardware": hardware_description(self.device),
             "host": socket.gethostname(),
             "precision": self.typed.trainer.precision,
+            "data_files": self.data.files,
             "torch_version": torch.__version__,
             "command": " ".join(["python"] + sys.argv),
             "config_hash": config_hash(self.cfg),

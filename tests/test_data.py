@@ -1,6 +1,7 @@
 """Readers of the official dataset formats, their error messages, and the on-device batches."""
 from __future__ import annotations
 
+import json
 import gzip
 import os
 import pickle
@@ -353,3 +354,29 @@ def test_gzip_of_garbage(tmp_path):
     path.write_bytes(gzip.compress(b"")[:5])
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
         read_dataset("mnist", str(tmp_path), False)
+
+
+def test_a_given_root_is_the_only_place_fmnist_is_looked_for(tmp_path, monkeypatch):
+    import dtp_bench.data as data_module
+
+    system = tmp_path / "system"
+    written = write_idx_dataset(system, gz=True)
+    monkeypatch.setattr(data_module, "FMNIST_SYSTEM_DIR", system)
+    read_dataset.cache_clear()
+    (tmp_path / "given" / "fashion-mnist").mkdir(parents=True)  # a partial root: nothing in it
+    with pytest.raises(DataError) as err:
+        read_dataset("fmnist", str(tmp_path / "given"), False, system_fallback=False)
+    assert str(system) not in str(err.value)
+    # without a given root, the system copy is read, and the files read are named
+    splits = read_dataset("fmnist", str(tmp_path / "default"), False, system_fallback=True)
+    _check_split(splits["train"], written["train"], channels=1)
+    assert splits["files"] and all(f.startswith(str(system)) for f in splits["files"])
+    read_dataset.cache_clear()
+
+
+def test_summary_names_the_data_files_read(data_root, tmp_path):
+    from conftest import run_config, tiny_overrides
+
+    run_config(tiny_overrides(data_root, epochs=1), tmp_path)
+    files = json.loads((tmp_path / "summary.json").read_text())["data_files"]
+    assert len(files) == 4 and all("FashionMNIST/raw" in f for f in files)
