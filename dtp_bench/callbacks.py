@@ -1,7 +1,10 @@
 """Hydra callbacks (light: no torch). ``SweepTally`` ends a multirun with a count of its jobs by
-status and a non-zero exit code when any job failed, so a script or a SLURM array notices."""
+status and a non-zero exit code when any job failed, so a script or a SLURM array notices.
+``WritableOutput`` refuses an output folder that cannot be written before Hydra tries to log
+into it (whose own error is a traceback that does not say why)."""
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections import Counter
@@ -12,6 +15,36 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 SWEEP_FAILED_EXIT = 1  # some job of the sweep failed (config/data error or crash); 2 stays "bad command"
+BAD_COMMAND_EXIT = 2
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Create ``folder`` (as Hydra would) and write a probe file into it; exit 2 with one line
+    naming the folder, the reason and the key to change when that fails."""
+    probe = folder / ".write_probe"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        if exc.errno == errno.EROFS:
+            reason = "the file system is read-only"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            reason = "permission denied"
+        elif exc.errno == errno.ENOSPC:
+            reason = "the disk is full"
+        print(f"config error: {key}: cannot write the output folder {folder} ({reason}); point {key}=... "
+              f"at a writable folder", file=sys.stderr)
+        raise SystemExit(BAD_COMMAND_EXIT) from None
+
+
+class WritableOutput(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
 
 def tally(sweep_dir: Path) -> Counter:

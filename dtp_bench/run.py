@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from .config import ConfigError, validate
 from .data import DataError
+from .menu import schema_choice_problem
 from .trainer import CHECKPOINT, SUMMARY, Trainer, write_json_atomic
 
 LOCK = ".lock"  # held (flock) while a process trains into the run directory
@@ -109,6 +110,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -
             return done["final_test_error"] if done.get("final_val_error") is None else done["final_val_error"]
     trainer = None
     try:
+        schema_problem = schema_choice_problem(choices)
+        if schema_problem:
+            raise ConfigError(schema_problem)
         typed = validate(cfg)
         trainer = Trainer(cfg, typed, run_dir, choices)
         summary = trainer.fit()

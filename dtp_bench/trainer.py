@@ -26,7 +26,9 @@ from . import diagnostics  # alignment diagnostics (diagnostics.every_n_steps)
 from .learning_signal import LearningSignal, activation_growth, activation_rms
 from .algorithms.base import Algorithm, build_algorithm
 from .config import ConfigError
+from .coverage import outside_papers_notice
 from .data import DeviceData
+from .geometry import check_geometry
 from .nn.blocks import build_network
 
 CHECKPOINT = "checkpoint.pt"
@@ -229,6 +231,12 @@ class Trainer:
         self.accumulate_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         seed_everything(typed.seed)
         self.data = DeviceData(typed.dataset, self.device, self.dtype, t.val_size, typed.seed)
+        # shapes and memory checked on the meta device first: a config error, not an OOM kill
+        self.geometry = check_geometry(typed.arch, self.data.input_shape, self.data.num_classes,
+                                       t.batch_size, self.device, self.dtype, t.eval_batch_size)
+        notice = outside_papers_notice(typed.algorithm.name, typed.arch.name, typed.dataset.name)
+        if notice:
+            warn(notice)
         self.network = build_network(typed.arch, self.data.input_shape, self.data.num_classes)
         self.network.to(device=self.device, dtype=self.dtype)
         self.algorithm: Algorithm = build_algorithm(typed.algorithm, self.network, t.epochs)
@@ -263,6 +271,7 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "device_type": self.device.type,
+            "threads": torch.get_num_threads(),
             "rng_data": self.generator.get_state(),
             "config": json.dumps(_config_fingerprint(self.cfg), sort_keys=True),
         }
@@ -303,6 +312,13 @@ class Trainer:
         if saved_device != self.device.type:
             raise ConfigError(f"resume: {path} was written on {saved_device} and this run is on "
                               f"{self.device.type}; its random-number state cannot move; resume on {saved_device}")
+        threads = state.get("threads")
+        epochs_left = state["epochs_completed"] < self.typed.trainer.epochs
+        if self.device.type == "cpu" and epochs_left and threads is not None and threads != torch.get_num_threads():
+            # BLAS splits its sums by thread, so the continuation is not bit-identical (still valid)
+            warn(f"resume: the checkpoint was written with {threads} CPU threads and this run has "
+                 f"{torch.get_num_threads()}; results will differ in the last bits from an uninterrupted run "
+                 f"(set OMP_NUM_THREADS={threads} to continue bit-identically)")
         changed = _config_changes(state["config"], self.cfg)
         if changed:
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")

@@ -42,6 +42,9 @@ def write(rel: str, comment: str, body: dict, defaults: list[str] = ()) -> None:
 # searches name trial folders by number only: 8 searched values at full precision would exceed the
 # 255-character file-name limit (each trial's values are in its .hydra/overrides.yaml)
 SEARCH_SUBDIR = "${hydra.job.num}"
+# the study lives in the sweep dir, so rerunning the command resumes the search (hydra_plugins/dtp_bench_sweeper)
+SEARCH_STORAGE = "sqlite:///${hydra.sweep.dir}/optuna.db"
+RESUMABLE_SWEEPER = "hydra_plugins.dtp_bench_sweeper.ResumableOptunaSweeper"
 
 
 def optuna_defaults(sampler: str = "tpe") -> list[str]:
@@ -51,7 +54,8 @@ def optuna_defaults(sampler: str = "tpe") -> list[str]:
 def optuna_search(study_name: str, n_trials: int, params: dict) -> dict:
     """The `hydra:` block of a search (sampler seed 0, minimising the error the run returns)."""
     return {"sweep": {"subdir": SEARCH_SUBDIR},
-            "sweeper": {"direction": "minimize", "study_name": study_name, "n_trials": n_trials, "n_jobs": 1,
+            "sweeper": {"_target_": RESUMABLE_SWEEPER, "storage": SEARCH_STORAGE,
+                        "direction": "minimize", "study_name": study_name, "n_trials": n_trials, "n_jobs": 1,
                         "sampler": {"seed": 0}, "params": params}}
 
 

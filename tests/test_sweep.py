@@ -36,3 +36,25 @@ def test_an_optimising_sweep_without_a_validation_split_is_refused(data_root, tm
                    "trainer.val_size=8", f"hydra.sweep.dir={tmp_path / 'sweep2'}"], cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "2 completed (2 jobs)" in ok.stderr
+
+
+def test_a_search_resumes_from_its_study_in_the_sweep_dir(data_root, tmp_path):
+    """hparams_search=optuna stores the study in the sweep dir: the same command with more trials
+    runs only the missing ones, in new folders (the first trials' results stay as they were)."""
+    import optuna
+
+    sweep_dir = tmp_path / "search"
+    base = ["-m", "hparams_search=optuna", "trainer.val_size=8", f"hydra.sweep.dir={sweep_dir}",
+            *tiny_overrides(data_root, epochs=1)]
+    first = train_py(base + ["hydra.sweeper.n_trials=2"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    kept = (sweep_dir / "0" / "metrics.jsonl").read_text()
+
+    again = train_py(base + ["hydra.sweeper.n_trials=3"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 of 3 trials finished); running 1 more from trial folder 2" in again.stderr
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "2"]
+    assert (sweep_dir / "0" / "metrics.jsonl").read_text() == kept
+    study = optuna.load_study(study_name="bp_fmnist_fc", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3

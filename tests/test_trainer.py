@@ -299,6 +299,25 @@ def test_resume_refuses_another_config(data_root, tmp_path, capsys):
     assert "different configuration (algorithm.optimizer.lr differ)" in capsys.readouterr().err
 
 
+def test_resume_with_another_thread_count_warns(data_root, tmp_path, capsys):
+    """BLAS sums split by thread: a continuation on another thread count is valid but not
+    bit-identical, which the user is told (and how to avoid it)."""
+    overrides = tiny_overrides(data_root, epochs=2)
+    threads = torch.get_num_threads()
+    run_config(overrides + ["trainer.epochs=1"], tmp_path)
+    torch.set_num_threads(threads + 1)
+    try:
+        capsys.readouterr()
+        run_config(overrides + ["resume=true", "trainer.epochs=1"], tmp_path)  # same epochs: finished run
+        assert "CPU threads" not in capsys.readouterr().err  # nothing resumed, nothing to warn about
+        run_config(overrides + ["resume=true"], tmp_path)  # one more epoch on another thread count
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert f"written with {threads} CPU threads and this run has {threads + 1}" in err
+    assert f"OMP_NUM_THREADS={threads}" in err
+
+
 def test_resume_may_read_the_data_from_elsewhere(data_root, tmp_path):
     # a resumed cluster job may find its data on another node's scratch disk
     overrides = tiny_overrides(data_root, epochs=1)
