@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help run test test-slow bench data report presets clean-venv
+.PHONY: help run test test-slow lint bench data report presets clean-venv
 
 help:  ## list the targets
 	@echo "make run        train the default config (FW-DTP, F-MNIST, FC) and print its test error"
 	@echo "make test       the test suite (CI runs exactly this)"
+	@echo "make lint       ruff over the tree (config in pyproject.toml; tests/test_lint.py runs it too)"
 	@echo "make test-slow  long checks (pytest marker slow): e.g. every default vs its frozen control, 5 epochs"
 	@echo "make bench      speed benchmarks -> results/bench/"
 	@echo "make data       install Fashion-MNIST (Debian package) if missing"
@@ -38,6 +39,9 @@ run: $(STAMP) data
 
 test: $(STAMP) data
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test-slow: $(STAMP) data
 	$(PY) -m pytest -q -m slow

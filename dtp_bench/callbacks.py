@@ -69,6 +69,6 @@ class SweepTally(Callback):
                 [f"{n} {s}" for s, n in counts.items() if s not in order]
         print(f"sweep {sweep_dir}: {', '.join(parts)} ({sum(counts.values())} jobs)", file=sys.stderr)
         if counts["failed"] or counts["unreadable"]:
-            print(f"some jobs failed: their summary.json says why; rerun the same command with resume=true "
-                  f"to redo only those", file=sys.stderr)
+            print("some jobs failed: their summary.json says why; rerun the same command with resume=true "
+                  "to redo only those", file=sys.stderr)
             raise SystemExit(SWEEP_FAILED_EXIT)

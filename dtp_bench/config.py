@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -82,7 +82,7 @@ class OptimizerConfig:
     centered: bool = False  # rmsprop
     weight_decay: float = 0.0
     schedule: str = "none"
-    cosine_t_max: Optional[int] = None  # epochs; null = trainer.epochs
+    cosine_t_max: int | None = None  # epochs; null = trainer.epochs
     cosine_eta_min: float = 0.0
     step_size: int = 30  # epochs between decays (schedule=step)
     step_gamma: float = 0.1
@@ -117,8 +117,8 @@ class TrainerConfig:
     device: str = "auto"  # auto = cuda if available, else cpu; or cpu, cuda, cuda:1, mps
     precision: str = "fp32"  # fp32, fp64, or bf16 (autocast; parameters stay fp32)
     val_size: int = 0  # 0 = train on the full training set and report test, as the papers did
-    limit_train_batches: Optional[int] = None  # null = all; for quick checks
-    limit_eval_batches: Optional[int] = None
+    limit_train_batches: int | None = None  # null = all; for quick checks
+    limit_eval_batches: int | None = None
     checkpoint: bool = True  # checkpoint.pt after every epoch (atomic)
     progress: str = "auto"  # auto = a tqdm bar only when stdout is a terminal; on; off
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are already)
@@ -163,12 +163,12 @@ DATASETS = ("mnist", "fmnist", "cifar10", "cifar100", "imagenet32")
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    root: Optional[str] = None  # null = $DTP_BENCH_DATA or ~/.cache/dtp_bench
+    root: str | None = None  # null = $DTP_BENCH_DATA or ~/.cache/dtp_bench
     download: bool = True  # through torchvision, when files are missing and a network exists
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    pca_components: Optional[int] = None  # project flattened inputs on the top-k principal axes
+    pca_components: int | None = None  # project flattened inputs on the top-k principal axes
 
     def validate(self, key: str = "dataset") -> None:
         check_choice(self.name, f"{key}.name", DATASETS)
@@ -190,7 +190,7 @@ class LoggerConfig:
 
     name: str = "none"
     project: str = "dtp_bench"
-    entity: Optional[str] = None
+    entity: str | None = None
     mode: str = "offline"  # wandb never touches the network unless set to online
     tags: list[str] = field(default_factory=list)
 
@@ -234,8 +234,8 @@ class ReferenceConfig:
     row: str = ""
     column: str = ""
     metric: str = "test_error"  # test_error, train_error, test_accuracy, top5_accuracy
-    value: Optional[float] = None
-    std: Optional[float] = None
+    value: float | None = None
+    std: float | None = None
     note: str = ""
 
 
@@ -247,7 +247,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    reference: Optional[ReferenceConfig] = None
+    reference: ReferenceConfig | None = None
     seed: int = 0
     resume: bool = False
 

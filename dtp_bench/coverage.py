@@ -11,7 +11,7 @@ import yaml
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _group_name(group: str, option: str) -> str:
     """The ``name:`` field of conf/<group>/<option>.yaml (several variants share one method)."""
     path = CONF / group / f"{option}.yaml"
@@ -21,7 +21,7 @@ def _group_name(group: str, option: str) -> str:
         return option
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def paper_combinations(conf: Path = CONF) -> frozenset[tuple[str, str, str]]:
     combos = set()
     for preset in sorted((conf / "experiment").rglob("*.yaml")):

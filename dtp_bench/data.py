@@ -14,9 +14,9 @@ import os
 import pickle
 import struct
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -138,21 +138,21 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _find_idx_folder(folders: list[Path]) -> Optional[Path]:
+def _find_idx_folder(folders: list[Path]) -> Path | None:
     for folder in folders:
         if all(_idx_path(folder, stem) is not None for stem in IDX_FILES.values()):
             return folder
     return None
 
 
-def _idx_path(folder: Path, stem: str) -> Optional[Path]:
+def _idx_path(folder: Path, stem: str) -> Path | None:
     for candidate in (folder / stem, folder / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def _load_idx_dataset(folders: list[Path]) -> Optional[dict]:
+def _load_idx_dataset(folders: list[Path]) -> dict | None:
     folder = _find_idx_folder(folders)
     if folder is None:
         return None
@@ -185,7 +185,7 @@ def _stack_batches(paths: list[Path], label_key: str, label_offset: int = 0) -> 
 
 
 def _load_pickled(folder: Path, train: list[str], test: list[str], label_key: str,
-                  label_offset: int = 0) -> Optional[dict]:
+                  label_offset: int = 0) -> dict | None:
     if not all((folder / name).is_file() for name in train + test):
         return None
     return {"train": _stack_batches([folder / n for n in train], label_key, label_offset),
@@ -194,7 +194,7 @@ def _load_pickled(folder: Path, train: list[str], test: list[str], label_key: st
 
 
 # ---------------------------------------------------------------- per-dataset readers
-def _read(name: str, root: Path, system_fallback: bool = True) -> Optional[dict]:
+def _read(name: str, root: Path, system_fallback: bool = True) -> dict | None:
     """Return {'train': (images uint8 NCHW, labels), 'test': ..., 'files': [paths read]} or None
     when files are absent. ``system_fallback``: Fashion-MNIST may come from Debian's package folder
     (only when no dataset.root was given: a given root is the only place looked in)."""
@@ -348,7 +348,7 @@ class DeviceData:
         self._scale = (1.0 / (255.0 * torch.tensor(std, dtype=dtype, device=device))).view(1, -1, 1, 1)
         self._shift = (-torch.tensor(mean, dtype=dtype, device=device) /
                        torch.tensor(std, dtype=dtype, device=device)).view(1, -1, 1, 1)
-        self.pca: Optional[torch.Tensor] = None
+        self.pca: torch.Tensor | None = None
         if cfg.pca_components:
             self._fit_pca(cfg.pca_components)
 
@@ -389,7 +389,7 @@ class DeviceData:
         self._pca_mean = mean.to(self.device, self.dtype)
 
     def train_batches(self, batch_size: int, generator: torch.Generator,
-                      limit: Optional[int] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(self.num_train, device=self.device, generator=generator)
         n_batches = -(-self.num_train // batch_size)
         if limit is not None:
@@ -404,7 +404,7 @@ class DeviceData:
             yield self.normalise(x), self.train_y[idx]
 
     def eval_batches(self, split: str, batch_size: int,
-                     limit: Optional[int] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                     limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         xs, ys = (self.test_x, self.test_y) if split == "test" else (self.val_x, self.val_y)
         n_batches = -(-len(ys) // batch_size)
         if limit is not None:
@@ -413,7 +413,7 @@ class DeviceData:
             sl = slice(i * batch_size, (i + 1) * batch_size)
             yield self.normalise(xs[sl]), ys[sl]
 
-    def batches_per_epoch(self, batch_size: int, limit: Optional[int] = None) -> int:
+    def batches_per_epoch(self, batch_size: int, limit: int | None = None) -> int:
         n = -(-self.num_train // batch_size)
         return n if limit is None else min(n, limit)
 

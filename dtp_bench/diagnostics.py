@@ -39,7 +39,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ def summarize(measurements: list[dict[str, float]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- helpers
-def angle(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
+def angle(a: torch.Tensor, b: torch.Tensor) -> float | None:
     """Angle in degrees between vec(a) and vec(b); None when either is zero or not finite.
     2·atan2(‖â − b̂‖, ‖â + b̂‖) is accurate near 0° and 180° (acos of the cosine is not)."""
     a, b = a.detach().reshape(-1).double(), b.detach().reshape(-1).double()
@@ -111,7 +112,7 @@ def _no_trace(algorithm: nn.Module) -> Iterator[None]:
         np.random.set_state(np_rng)
 
 
-def _put(out: dict, key: str, value: Optional[float]) -> None:
+def _put(out: dict, key: str, value: float | None) -> None:
     if value is not None and math.isfinite(value):
         out[key] = value
 
@@ -150,7 +151,7 @@ def _has_feedback_functions(algorithm) -> bool:
 
 
 def _run_block(block: nn.Module, h: torch.Tensor,
-               stats: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None):
+               stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
     """Block ``block`` on ``h`` op by op. Batch normalisation records its batch statistics into a
     new list (``stats`` None) or uses the given ones (a per-sample function). Returns (out, stats)."""
     recorded, k = [], 0
@@ -214,7 +215,7 @@ def _jvp_rows(fn, inp: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return jv.reshape(len(vectors), -1)
 
 
-def positive_fraction(j_f: torch.Tensor, j_g: torch.Tensor) -> Optional[float]:
+def positive_fraction(j_f: torch.Tensor, j_g: torch.Tensor) -> float | None:
     """Fraction of the eigenvalues of J_f·J_g (|h_{i+1}| of them) with positive real part."""
     n_out, n_in = j_f.shape
     small = j_f @ j_g if n_out <= n_in else j_g @ j_f  # same non-zero eigenvalues
@@ -311,7 +312,7 @@ def _block_angles(f, g, h_batch: torch.Tensor, ctx_batch: dict, n: int) -> tuple
     return angles, conditions
 
 
-def _mean(values: list[Optional[float]]) -> Optional[float]:
+def _mean(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 

@@ -64,7 +64,8 @@ def check_geometry(arch_cfg, input_shape: tuple[int, ...], num_classes: int, bat
         except (RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else exc.__class__.__name__
             raise ConfigError(f"arch: arch={arch_cfg.name} does not fit {shape} inputs ({first}); change the "
-                              f"layer sizes, kernels, strides or pooling (see conf/arch/{arch_cfg.name}.yaml)") from None
+                              f"layer sizes, kernels, strides or pooling (see conf/arch/{arch_cfg.name}.yaml)"
+                              ) from None
     parameters = count_parameters(network.parameters())
     element = torch.tensor([], dtype=dtype).element_size()
     per_example, fixed = two - one, 2 * one - two
@@ -75,7 +76,9 @@ def check_geometry(arch_cfg, input_shape: tuple[int, ...], num_classes: int, bat
     available = machine_memory_bytes(device)
     if available is not None and needed > available:
         raise ConfigError(f"arch: arch={arch_cfg.name} on {shape} inputs at batch size {batch} needs an estimated "
-                          f"{needed / 2**30:.1f} GiB ({parameters / 1e6:.1f} M parameters, {activation_bytes / 2**30:.1f} "
+                          f"{needed / 2**30:.1f} GiB ({parameters / 1e6:.1f} M parameters, "
+                          f"{activation_bytes / 2**30:.1f} "
                           f"GiB of activations), more than this {device.type} device's "
-                          f"{available / 2**30:.1f} GiB; use smaller layers or a smaller trainer.batch_size / trainer.eval_batch_size")
+                          f"{available / 2**30:.1f} GiB; use smaller layers or a smaller trainer.batch_size / "
+                          f"trainer.eval_batch_size")
     return {"parameters": parameters, "estimated_bytes": needed}

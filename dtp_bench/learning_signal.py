@@ -18,7 +18,6 @@ the trainer prints one warning line per starved block and lists them in summary.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -36,7 +35,7 @@ class LearningSignal:
                 for p in group["params"]:
                     self.group_of[id(p)] = group
         self.watched = [i for i in range(len(self.blocks) - 1) if i not in set(frozen_blocks) and self.params[i]]
-        self.start: list[Optional[torch.Tensor]] = []
+        self.start: list[torch.Tensor | None] = []
         self.warned: set[int] = set()
 
     # ------------------------------------------------------------ per epoch
@@ -63,7 +62,7 @@ class LearningSignal:
             out["step_fraction"] = fractions
         return out
 
-    def step_fraction(self, params) -> Optional[float]:
+    def step_fraction(self, params) -> float | None:
         """Mean √v̂/(√v̂ + ε) over the elements of ``params`` (None without second-moment state)."""
         total, count = 0.0, 0
         for p in params:
@@ -132,7 +131,7 @@ class LearningSignal:
         return out
 
 
-def _finite(value: float) -> Optional[float]:
+def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
@@ -143,7 +142,7 @@ def activation_rms(network, x: torch.Tensor) -> list[float]:
     return torch.stack([h.float().pow(2).mean().sqrt() for h in hs]).tolist()
 
 
-def activation_growth(before: list[float], after: list[float], limit: float) -> Optional[str]:
+def activation_growth(before: list[float], after: list[float], limit: float) -> str | None:
     """A one-line reason when some block's activation RMS grew by more than ``limit`` (or stopped
     being finite) between the two measurements, else None."""
     for i, (a, b) in enumerate(zip(before, after)):

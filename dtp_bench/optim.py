@@ -1,15 +1,15 @@
 """Optimizers and per-epoch schedules built from ``OptimizerConfig``."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from .config import OptimizerConfig
 
 
-def build_optimizer(cfg: OptimizerConfig, param_groups: Iterable, lr: Optional[float] = None,
-                    foreach: Optional[bool] = None) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimizerConfig, param_groups: Iterable, lr: float | None = None,
+                    foreach: bool | None = None) -> torch.optim.Optimizer:
     """``param_groups``: parameters, or dicts with their own ``lr`` (per-layer rates).
 
     ``lr`` overrides ``cfg.lr`` (which may be a per-layer list handled by the caller)."""
@@ -38,7 +38,7 @@ def build_per_layer_optimizer(cfg: OptimizerConfig, layer_params: Sequence[Seque
 
 
 def build_schedule(cfg: OptimizerConfig, optimizer: torch.optim.Optimizer,
-                   epochs: int) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+                   epochs: int) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Stepped once per epoch by the algorithm's ``after_epoch``."""
     if cfg.schedule == "none":
         return None

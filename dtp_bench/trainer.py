@@ -16,19 +16,19 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from . import diagnostics  # alignment diagnostics (diagnostics.every_n_steps)
-from .learning_signal import LearningSignal, activation_growth, activation_rms
 from .algorithms.base import Algorithm, build_algorithm
 from .config import ConfigError
 from .coverage import outside_papers_notice
 from .data import DeviceData
 from .geometry import check_geometry
+from .learning_signal import LearningSignal, activation_growth, activation_rms
 from .nn.blocks import build_network
 
 CHECKPOINT = "checkpoint.pt"
@@ -104,7 +104,8 @@ def resolve_device(name: str) -> torch.device:
                           f"use trainer.device=cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"trainer.device: {name!r} requested but this machine has "
-                          f"{torch.cuda.device_count()} CUDA device(s); use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+                          f"{torch.cuda.device_count()} CUDA device(s); "
+                          f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device: 'mps' requested but not available; use trainer.device=cpu")
     return device
@@ -211,7 +212,7 @@ def _config_changes(stored: str, cfg) -> list[str]:
 
 
 class Trainer:
-    def __init__(self, cfg, typed, run_dir: Path, choices: Optional[dict] = None):
+    def __init__(self, cfg, typed, run_dir: Path, choices: dict | None = None):
         """``cfg``: the composed DictConfig; ``typed``: its validated dataclass tree."""
         self.cfg, self.typed, self.run_dir = cfg, typed, Path(run_dir)
         self.choices = choices or {}
@@ -246,8 +247,8 @@ class Trainer:
         d = typed.diagnostics
         # only a fresh run's first updates are checked (try_resume clears the probe)
         self._activation_probe = () if d.activation_growth_limit > 0 else None
-        self.activation_check: Optional[dict] = None
-        self.activation_blowup: Optional[str] = None
+        self.activation_check: dict | None = None
+        self.activation_blowup: str | None = None
         self.learning_signal = (LearningSignal(self.algorithm, typed.diagnostics, t.frozen_blocks)
                                 if typed.diagnostics.learning_signal else None)
         self.generator = torch.Generator(device=self.device).manual_seed(typed.seed)
@@ -256,7 +257,7 @@ class Trainer:
         self.start_epoch = 0
         self.elapsed = 0.0
         self.logger = None
-        self.diverged_epoch: Optional[int] = None
+        self.diverged_epoch: int | None = None
         self.step = 0
 
     # ------------------------------------------------------------ checkpoints
@@ -350,7 +351,7 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[float, Optional[float]]:
+    def evaluate(self, split: str) -> tuple[float, float | None]:
         """Top-1 and top-5 error (%) on ``split``; top-5 is None when there are 5 classes or fewer."""
         t = self.typed.trainer
         wrong = torch.zeros((), device=self.device)

@@ -42,7 +42,8 @@ from dtp_bench.nn.blocks import build_network  # noqa: E402
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -121,7 +122,8 @@ def summarize(folder: Path) -> Path:
     results = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     throughputs = sorted({label for r in results for label in r["hours"]}, key=lambda t: float(t.split()[0]))
     lines = ["# Cost estimates", "",
-             "Written by `python scripts/estimate_cost.py --summarize " + str(folder) + "` from the `--json` files here "
+             "Written by `python scripts/estimate_cost.py --summarize " + str(folder)
+             + "` from the `--json` files here "
              "(`scripts/run_here.sh` has the commands). FLOPs are counted (matmuls and convolutions, backward "
              "included; elementwise work is not, so they are a lower bound); hours assume the stated sustained "
              "throughput plus a launch latency per operation.", "",
@@ -139,7 +141,8 @@ def summarize(folder: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. experiment=ernoult2022/lenet_fmnist/l_drl")
+    parser.add_argument("overrides", nargs="*",
+                        help="train.py overrides, e.g. experiment=ernoult2022/lenet_fmnist/l_drl")
     parser.add_argument("--tflops", type=float, nargs="+", default=[5.0, 20.0],
                         help="sustained throughputs (TFLOP/s) to convert FLOPs into wall time (default: 5 20)")
     parser.add_argument("--launch-us", type=float, default=10.0,
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
              if o["feedback_batch"] else "")
           + f"; per epoch {f['epoch'] / 1e12:.3g} TFLOP; whole run {f['total'] / 1e15:.3g} PFLOP, {o['total']:.3g} ops")
     for label, h in result["hours"].items():
-        print(f"  at a sustained {label} + {args.launch_us:g} us per op: {h:.2f} h ({h * 60 / result['epochs']:.2f} min per epoch)")
+        per_epoch = h * 60 / result["epochs"]
+        print(f"  at a sustained {label} + {args.launch_us:g} us per op: {h:.2f} h ({per_epoch:.2f} min per epoch)")
     if "measured_gflops" in result:
         print(f"  measured: {args.seconds_per_epoch:g} s per epoch = {result['measured_gflops']:.1f} GFLOP/s sustained")
     return 0

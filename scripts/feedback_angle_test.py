@@ -123,7 +123,7 @@ def main() -> None:
         return f"{mean:.1f} [{min(values):.1f}–{max(values):.1f}]"
 
     reduced = (" (**reduced** from the paper's 5000 to fit the CPU budget)" if min(iterations) < 5000 else "")
-    lines = [f"# L-DRL feedback training test: angle (°) between the BP and the L-DRL weight update",
+    lines = ["# L-DRL feedback training test: angle (°) between the BP and the L-DRL weight update",
              "",
              f"LeNet without biases, {args.dataset}, one batch of {args.batch} per seed, seeds "
              f"{', '.join(map(str, args.seeds))}, β = 0.4655, {'/'.join(map(str, iterations))} L-DRL "

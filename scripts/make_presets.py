@@ -262,8 +262,8 @@ def bart_imagenet(row: str) -> None:
     defaults += ["override /dataset: imagenet32", f"override /arch: {'conv' if row == 'bp_convnet' else 'lc'}"]
     body["trainer"] = {"epochs": 30, "batch_size": 128}
     top1, top5 = T2[label]
-    notes = [f"ADAPTATION: the paper trained on 224x224 ImageNet; this runs ImageNet 32x32 with the lc/conv stack "
-             f"adapted to 32x32 (dtp_bench/nn/archs.py), so the numbers are not directly comparable.",
+    notes = ["ADAPTATION: the paper trained on 224x224 ImageNet; this runs ImageNet 32x32 with the lc/conv stack "
+             "adapted to 32x32 (dtp_bench/nn/archs.py), so the numbers are not directly comparable.",
              f"paper top-5 error: {top5:.2f}% (the report sets our final-epoch top-5 error beside it).",
              "Row labels of Table 2 are INFERRED (lost in the extraction).",
              "Epochs (30) and batch size (128) are ours (not in the paper)."]

@@ -34,7 +34,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 REF_KEYS = ("paper", "table", "row", "column")
@@ -52,7 +52,7 @@ class Run:
     metrics: list[dict]
     reference: dict
     overrides: list[str]
-    seed: Optional[int]
+    seed: int | None
 
     @property
     def status(self) -> str:
@@ -93,7 +93,7 @@ def _reference(run_dir: Path, summary: dict) -> dict:
         return OmegaConf.to_container(cfg.reference, resolve=False)
 
 
-def read_run(run_dir: Path) -> Optional[Run]:
+def read_run(run_dir: Path) -> Run | None:
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
@@ -120,12 +120,12 @@ def find_runs(roots: list[Path]) -> list[Run]:
 
 
 # ---------------------------------------------------------------------------- metrics
-def _min(rows: list[dict], key: str) -> Optional[float]:
+def _min(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if r.get(key) is not None]
     return min(values) if values else None
 
 
-def metric_value(run: Run, metric: str) -> Optional[float]:
+def metric_value(run: Run, metric: str) -> float | None:
     """Our number for ``metric`` (errors and accuracies in %), None if the run does not have it."""
     s = run.summary
     if metric == "test_error":
@@ -150,7 +150,7 @@ def metric_value(run: Run, metric: str) -> Optional[float]:
     return s.get(metric)
 
 
-def train_value(run: Run, metric: str) -> Optional[float]:
+def train_value(run: Run, metric: str) -> float | None:
     """The training error that goes with ``metric`` (best within the run for best_* metrics)."""
     return _min(run.metrics, "train_error") if metric.startswith("best") else run.summary.get("final_train_error")
 
@@ -189,7 +189,8 @@ def read_presets(conf: Path) -> list[Preset]:
         if ref is None:
             continue
         ref = OmegaConf.to_container(ref, resolve=False)
-        sweep = bool(OmegaConf.select(cfg, "hydra.sweeper.params")) or any("${" in str(ref.get(k, "")) for k in REF_KEYS)
+        sweep = (bool(OmegaConf.select(cfg, "hydra.sweeper.params"))
+                 or any("${" in str(ref.get(k, "")) for k in REF_KEYS))
         defaults = OmegaConf.to_container(cfg.get("defaults"), resolve=False) if cfg.get("defaults") else []
         presets.append(Preset(path.relative_to(root).with_suffix("").as_posix(), ref, sweep,
                               _algorithm_choice(defaults)))
@@ -197,7 +198,7 @@ def read_presets(conf: Path) -> list[Preset]:
 
 
 # ---------------------------------------------------------------------------- formatting
-def fmt(x: Optional[float], digits: int = 2) -> str:
+def fmt(x: float | None, digits: int = 2) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return ""
     return f"{x:.{digits}f}"
@@ -207,7 +208,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "x"
 
 
-def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
@@ -229,9 +230,11 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 # ---------------------------------------------------------------------------- tables
 CSV_HEADER = ["paper", "table", "row", "column", "variant", "metric", "n", "seeds", "ours_mean", "ours_std",
-              "ours_best_epoch_mean", "ours_best_epoch_std", "paper_value", "paper_std", "difference", "ours_train", "paper_train", "ours_top5", "paper_top5",
+              "ours_best_epoch_mean", "ours_best_epoch_std", "paper_value", "paper_std", "difference", "ours_train",
+              "paper_train", "ours_top5", "paper_top5",
               "diverged", "failed", "unfinished", "status"]
-MD_HEADER = ["row", "column", "variant", "metric", "n", "ours (mean ± std)", "ours, best epoch", "paper", "ours − paper",
+MD_HEADER = ["row", "column", "variant", "metric", "n", "ours (mean ± std)", "ours, best epoch", "paper",
+             "ours − paper",
              "train: ours / paper", "top-5 error: ours / paper", "diverged / failed", "status"]
 TOP5_COLUMN = MD_HEADER.index("top-5 error: ours / paper")
 BEST_OF = {"test_error": "best_test_error", "test_accuracy": "best_test_accuracy"}  # last-epoch metric: its best
@@ -307,7 +310,8 @@ def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
     digits = 3 if metric == "epoch_seconds" else 2
     csv_row = [str(ref.get("paper", "")), str(ref.get("table", "")), str(ref.get("row", "")),
                str(ref.get("column", "")), cell.variant, metric, str(len(values)), seeds, fmt(mean, digits),
-               fmt(std, digits), fmt(best_mean), fmt(best_std), fmt(paper), fmt(paper_std), fmt(diff), fmt(train_mean), fmt(paper_train),
+               fmt(std, digits), fmt(best_mean), fmt(best_std), fmt(paper), fmt(paper_std), fmt(diff), fmt(train_mean),
+               fmt(paper_train),
                fmt(top5_mean), fmt(paper_top5), str(diverged), str(failed), str(unfinished), status]
     ours = "—" if mean is None else fmt(mean, digits) + ("" if std is None else f" ± {fmt(std, digits)}")
     best_text = "" if best_mean is None else fmt(best_mean) + ("" if best_std is None else f" ± {fmt(best_std)}")
@@ -316,7 +320,8 @@ def cell_rows(cell: Cell) -> tuple[list[str], list[str]]:
         "" if a is None and b is None else f"{fmt(a) or '—'} / {fmt(b) or '—'}"
         for a, b in ((train_mean, paper_train), (top5_mean, paper_top5)))
     md_row = [str(ref.get("row", "")), str(ref.get("column", "")), cell.variant, metric, str(len(values)), ours,
-              best_text, paper_text, "" if diff is None else f"{diff:+.2f}", train_text, top5_text, f"{diverged} / {failed}",
+              best_text, paper_text, "" if diff is None else f"{diff:+.2f}", train_text, top5_text,
+              f"{diverged} / {failed}",
               status]
     return csv_row, md_row
 
@@ -485,7 +490,7 @@ def cost_chart(cells: list[Cell], title: str, path: Path) -> bool:
     return True
 
 
-def _override_value(run: Run, key: str) -> Optional[str]:
+def _override_value(run: Run, key: str) -> str | None:
     for o in run.overrides:
         if o.split("=", 1)[0] == key:
             return o.split("=", 1)[1]
@@ -665,7 +670,7 @@ def report(run_roots: list[Path], out: Path, conf: Path = ROOT / "conf") -> list
     return written
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, default=[ROOT / "outputs", ROOT / "multirun"],
                         help="run or multirun directories, searched recursively (default: outputs/ multirun/)")

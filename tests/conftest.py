@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -141,7 +140,8 @@ def data_root(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------- configs
 def compose(overrides: list[str] = (), return_hydra_config: bool = False):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
@@ -173,7 +173,7 @@ def read_metrics(run_dir: Path, drop_timing: bool = True) -> list[dict]:
     return rows
 
 
-def train_py(args: list[str], cwd: Path, env: Optional[dict] = None,
+def train_py(args: list[str], cwd: Path, env: dict | None = None,
              timeout: float = 240) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` in a fresh process, as a user would type it."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}

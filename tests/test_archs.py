@@ -15,11 +15,9 @@ from dtp_bench.algorithms.base import build_algorithm
 from dtp_bench.algorithms.schemas import BPConfig, FeedbackAlignmentConfig
 from dtp_bench.config import ConfigError, OptimizerConfig, validate
 from dtp_bench.nn.archs import IMAGENET32_STACK, paper_stack
-from dtp_bench.nn.blocks import (POOL_INDICES, Block, MaxUnpool, build_network, count_parameters,
-                                 layer_fans)
+from dtp_bench.nn.blocks import POOL_INDICES, Block, MaxUnpool, build_network, count_parameters, layer_fans
 from dtp_bench.nn.lc import LocallyConnected2d, LocallyConnectedTranspose2d
-from dtp_bench.nn.schemas import (ConvPoolArchConfig, FCArchConfig, LayerStackArchConfig,
-                                  VGGArchConfig)
+from dtp_bench.nn.schemas import ConvPoolArchConfig, FCArchConfig, LayerStackArchConfig, VGGArchConfig
 
 CONF_DIR = str((Path(__file__).parents[1] / "conf").resolve())
 F64 = torch.float64

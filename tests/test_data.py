@@ -1,19 +1,18 @@
 """Readers of the official dataset formats, their error messages, and the on-device batches."""
 from __future__ import annotations
 
-import json
 import gzip
+import json
 import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
-from conftest import (N_TEST, N_TRAIN, write_cifar10, write_cifar100, write_idx, write_idx_dataset,
-                      write_imagenet32)
+from conftest import N_TEST, N_TRAIN, write_cifar10, write_cifar100, write_idx, write_idx_dataset, write_imagenet32
 
-from dtp_bench.config import AugmentConfig, DatasetConfig
 from dtp_bench import data as data_module
+from dtp_bench.config import AugmentConfig, DatasetConfig
 from dtp_bench.data import DataError, DeviceData, augment_batch, load_pickle, read_dataset
 
 

@@ -14,12 +14,12 @@ import json
 
 import pytest
 import torch
+from conftest import compose, run_config
+from test_target_prop import loss_against_frozen
 
 from dtp_bench.algorithms.base import build_algorithm
 from dtp_bench.config import validate
 from dtp_bench.nn.blocks import build_network
-from conftest import compose, run_config
-from test_target_prop import loss_against_frozen
 
 ALGORITHMS = ["bp", "fa", "dfa", "tp", "dtp", "sdtp", "ao_sdtp", "fw_dtp", "drl", "scaling_dtp"]
 # what the full-scale check measured (5 epochs, F-MNIST, results in the issue-17 note): this default

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import CONF, compose, read_metrics, run_config, tiny_overrides
 from torch import nn
 
 from dtp_bench import diagnostics
@@ -19,8 +20,6 @@ from dtp_bench.config import DiagnosticsConfig, OptimizerConfig
 from dtp_bench.nn.blocks import Block, Network, build_fc, build_network
 from dtp_bench.nn.lc import LocallyConnected2d
 from dtp_bench.nn.schemas import FCArchConfig
-
-from conftest import CONF, compose, read_metrics, run_config, tiny_overrides
 
 CFG = DiagnosticsConfig(every_n_steps=1, jacobian_samples=3)
 ZERO = 1e-4  # degrees
@@ -158,8 +157,9 @@ def test_learned_dtp_has_all_diagnostics():
     for i, (block, grad) in enumerate(zip(twin.network.blocks, true)):
         expected = _degrees(block.weight_op.weight.grad, grad)
         # near 0° arccos amplifies rounding: cos = 1 − δ gives √(2δ) rad, and float32 gradients summed in
-        # a BLAS-thread-dependent order leave δ ~ 1e-7 (0.03°); away from 0° the two agree to 1e-6
-        assert out[f"angle_update/block{i}"] == pytest.approx(expected, abs=1e-6 if expected > 1.0 else 0.05)
+        # a BLAS-thread-dependent order leave δ ~ 1e-7 (0.03°); away from 0° an error δ in cos moves the angle
+        # by δ / sin θ rad, under 1e-3° for θ > 1° (a real mismatch is whole degrees)
+        assert out[f"angle_update/block{i}"] == pytest.approx(expected, abs=1e-3 if expected > 1.0 else 0.05)
 
 
 # ---------------------------------------------------------------- Jacobians and weights

@@ -7,13 +7,13 @@ import copy
 
 import pytest
 import torch
+from conftest import compose
+from test_target_prop import loss_against_frozen, propagated_blocks
 
 from dtp_bench.algorithms.base import build_algorithm
 from dtp_bench.algorithms.drl import DifferenceReconstruction
 from dtp_bench.config import OptimizerConfig, validate
 from dtp_bench.nn.blocks import BatchNormNoAffine, build_network
-from conftest import compose
-from test_target_prop import loss_against_frozen, propagated_blocks
 
 
 def composed(*overrides: str):
@@ -70,7 +70,7 @@ def test_batch_norm_eps_reaches_the_net_the_feedback_and_the_targets(eps):
     norms = [m for m in [*net.modules(), *algo.feedback.modules(), algo.target_norm]
              if isinstance(m, BatchNormNoAffine)]
     assert len(norms) == 2 * (len(net) - 1) + 1 and {m.eps for m in norms} == {eps}
-    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    x = torch.randn(64, 1, 28, 28)
     with torch.no_grad():
         hs, ctxs = net.activations_ctx(x)
         g_out = algo.feedback["1"](hs[2], ctxs[1])

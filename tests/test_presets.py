@@ -13,9 +13,9 @@ import copy
 
 import pytest
 import torch
+from conftest import CONF, compose
 from omegaconf import OmegaConf, open_dict
 
-from conftest import CONF, compose
 from dtp_bench.config import validate
 
 EXPERIMENTS = CONF / "experiment"

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from test_target_prop import loss_against_frozen, propagated_blocks
 
 from dtp_bench.algorithms.scaling_dtp import ScalingDTP, _ClosedForm, _Layer
 from dtp_bench.algorithms.schemas import ScalingDTPConfig
@@ -17,7 +18,6 @@ from dtp_bench.nn.archs import build_conv_pool
 from dtp_bench.nn.blocks import build_fc
 from dtp_bench.nn.schemas import ConvPoolArchConfig, FCArchConfig
 from dtp_bench.trainer import SUMMARY
-from test_target_prop import loss_against_frozen, propagated_blocks
 
 
 @pytest.fixture(autouse=True)
@@ -307,6 +307,7 @@ def test_detached_reference_drops_r_from_the_gradient():
 
 def test_l_drl_shibuya_code_composes_as_that_code():
     from conftest import compose
+
     from dtp_bench.config import validate
 
     a = validate(compose(["algorithm=l_drl_shibuya_code"])).algorithm

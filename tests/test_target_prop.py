@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from conftest import loss_before_after
 from torch import nn
 
 from dtp_bench.algorithms.bp import Backprop
@@ -14,7 +15,6 @@ from dtp_bench.config import OptimizerConfig
 from dtp_bench.nn.archs import build_conv_pool
 from dtp_bench.nn.blocks import POOL_INDICES, build_fc
 from dtp_bench.nn.schemas import ConvPoolArchConfig, FCArchConfig
-from conftest import loss_before_after
 
 
 def fc_net(widths=(12, 10, 8), inputs=16, classes=5, activation="tanh", dtype=torch.float64, seed=0):

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from conftest import read_metrics, run_config, tiny_overrides
+from omegaconf import OmegaConf
 
 from dtp_bench import run as run_module
 from dtp_bench import trainer as trainer_module
@@ -284,6 +284,7 @@ def test_deterministic_setting_does_not_leak_to_the_next_job(data_root, tmp_path
 
 def _typed(overrides: list[str]):
     from conftest import compose
+
     from dtp_bench.config import validate
 
     cfg = compose(overrides)

@@ -6,7 +6,8 @@ schedules) is the algorithm's own business.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,10 +17,10 @@ from ..data import BatchFactory
 from ..nn.blocks import Network, count_parameters
 from ..optim import build_optimizer, build_schedule
 
-ALGORITHMS: dict[str, type["Algorithm"]] = {}
+ALGORITHMS: dict[str, type[Algorithm]] = {}
 
 
-def register_algorithm(*names: str) -> Callable[[type["Algorithm"]], type["Algorithm"]]:
+def register_algorithm(*names: str) -> Callable[[type[Algorithm]], type[Algorithm]]:
     """Register a class under one or more ``algorithm.name`` values (one engine may serve several)."""
     def decorate(cls: type[Algorithm]) -> type[Algorithm]:
         for name in names:
@@ -28,7 +29,7 @@ def register_algorithm(*names: str) -> Callable[[type["Algorithm"]], type["Algor
     return decorate
 
 
-def build_algorithm(cfg, network: Network, epochs: int) -> "Algorithm":
+def build_algorithm(cfg, network: Network, epochs: int) -> Algorithm:
     from . import load_all  # registers every algorithm module
 
     load_all()
@@ -58,7 +59,7 @@ class Algorithm(nn.Module):
             self.schedules[key] = schedule
         return optimizer
 
-    def forward_optimizer(self, params: Optional[Iterator[nn.Parameter]] = None) -> torch.optim.Optimizer:
+    def forward_optimizer(self, params: Iterator[nn.Parameter] | None = None) -> torch.optim.Optimizer:
         params = list(self.network.parameters() if params is None else params)
         if not isinstance(self.cfg.optimizer.lr, (int, float)):
             raise ConfigError(f"algorithm.optimizer.lr: {self.cfg.name} takes one learning rate, got "
@@ -135,7 +136,8 @@ class Algorithm(nn.Module):
                 raise ConfigError(
                     f"resume: the {key} cosine schedule was built for {saved} epochs and would now span "
                     f"{schedule.T_max}, so its learning rate would climb back up; keep trainer.epochs={saved}, "
-                    f"or fix the length with algorithm.{'feedback_' if key == 'feedback' else ''}optimizer.cosine_t_max")
+                    f"or fix the length with algorithm.{'feedback_' if key == 'feedback' else ''}"
+                    f"optimizer.cosine_t_max")
         self.load_state_dict(state["modules"])
         for key, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][key])

@@ -13,7 +13,7 @@ This module also holds what DFA shares with FA (``FixedFeedbackAlgorithm``).
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

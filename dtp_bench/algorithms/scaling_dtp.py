@@ -49,7 +49,6 @@ cancel in the difference-corrected targets too: they are kept only to mirror the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +78,7 @@ class _Layer:
     y: torch.Tensor  # s_{i+1} as g_i reads it
     ctx: dict  # clean forward context (pooling indices)
     generator: torch.Generator
-    fast: Optional["_ClosedForm"] = None
+    fast: _ClosedForm | None = None
 
 
 class _ClosedForm:
@@ -92,7 +91,7 @@ class _ClosedForm:
             self.p0 = self.apply_pre(layer.y, layer.ctx)
 
     @staticmethod
-    def split(g: nn.Module) -> Optional[tuple[list[nn.Module], nn.Module]]:
+    def split(g: nn.Module) -> tuple[list[nn.Module], nn.Module] | None:
         """(pre ops, weight op) when g qualifies, else None."""
         if not isinstance(g, FeedbackBlock):
             return None
@@ -209,7 +208,7 @@ class ScalingDTP(TargetPropagation):
         return -2.0 * (dx * dr).sum() / batch + dr_y.pow(2).sum() / batch
 
     # ------------------------------------------------------------ feedback training
-    def prepare_layers(self, x: torch.Tensor, forward: Optional[Forward] = None) -> list[_Layer]:
+    def prepare_layers(self, x: torch.Tensor, forward: Forward | None = None) -> list[_Layer]:
         """Step 1 (the forward pass, unless given) and each layer's generator, seeded from the
         global stream."""
         if forward is None:
@@ -229,7 +228,7 @@ class ScalingDTP(TargetPropagation):
                                  ctxs[i], generator))
         return layers
 
-    def train_feedback(self, x: torch.Tensor, y: torch.Tensor, forward: Optional[Forward] = None) -> None:
+    def train_feedback(self, x: torch.Tensor, y: torch.Tensor, forward: Forward | None = None) -> None:
         optimizer = self.optimizers.get("feedback")
         if optimizer is None:
             return

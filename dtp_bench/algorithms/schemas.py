@@ -10,8 +10,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from ..config import (OptimizerConfig, check, check_choice, check_number_or_list, check_positive,
-                      register_schema)
+from ..config import OptimizerConfig, check, check_choice, check_number_or_list, check_positive, register_schema
 
 
 @dataclass

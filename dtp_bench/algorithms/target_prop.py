@@ -17,7 +17,6 @@ With schedule=alternating, step 2 runs for a whole epoch before each forward epo
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import torch
 from torch import nn
@@ -26,7 +25,6 @@ from ..config import ConfigError, per_layer
 from ..nn.blocks import BatchNormNoAffine, FeedbackBlock, init_bias, init_weight, make_activation
 from ..optim import build_per_layer_optimizer
 from .base import Algorithm, cross_entropy, register_algorithm
-
 
 Forward = tuple[list[torch.Tensor], list[dict]]  # (h_0 … h_L, each block's forward context)
 
@@ -58,7 +56,7 @@ class TargetPropagation(Algorithm):
         norm = next((m for m in network.modules() if isinstance(m, BatchNormNoAffine)), BatchNormNoAffine())
         self.target_norm = copy.deepcopy(norm)
 
-        self.aux: Optional[nn.Linear] = None
+        self.aux: nn.Linear | None = None
         if cfg.aux_output_size:
             # AO-SDTP's auxiliary outputs z: fixed random features of h_{L-1}, never trained
             top_in = self.network.blocks[-1].weight_op.in_features
@@ -84,7 +82,7 @@ class TargetPropagation(Algorithm):
                 fb_lrs), cfg.feedback_optimizer)
 
     # ------------------------------------------------------------ construction
-    def feedback_activation(self, i: int) -> Optional[nn.Module]:
+    def feedback_activation(self, i: int) -> nn.Module | None:
         """g_i's output nonlinearity: by default that of block i-1, so g_i's range is h_i's."""
         if self.cfg.feedback_activation != "same":
             return make_activation(self.cfg.feedback_activation)
@@ -150,7 +148,7 @@ class TargetPropagation(Algorithm):
             total = total + squared_error(reconstruction, reference, cfg.feedback_loss_reduction)
         return total
 
-    def train_feedback(self, x: torch.Tensor, y: torch.Tensor, forward: Optional[Forward] = None) -> None:
+    def train_feedback(self, x: torch.Tensor, y: torch.Tensor, forward: Forward | None = None) -> None:
         """One feedback phase on a batch (``feedback_steps`` updates). ``forward``: this batch's
         (activations, contexts) when the caller has them already."""
         optimizer = self.optimizers.get("feedback")
@@ -230,7 +228,7 @@ class TargetPropagation(Algorithm):
 
     # ------------------------------------------------------------ forward training
     def forward_update(self, x: torch.Tensor, y: torch.Tensor,
-                       forward: Optional[Forward] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       forward: Forward | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         hs, ctxs = forward if forward is not None else self.network.activations_ctx(x, detach_inputs=True)
         targets = self.targets(hs, ctxs, y)

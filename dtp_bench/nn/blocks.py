@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .init import init_bias, init_weight  # noqa: F401  (re-exported)
-
 from .lc import LocallyConnected2d, LocallyConnectedTranspose2d
 
 
@@ -111,7 +110,7 @@ def run_ops_ctx(ops: Iterable[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor
     return x, ctx
 
 
-def run_feedback_ops(ops: Iterable[nn.Module], y: torch.Tensor, ctx: Optional[dict]) -> torch.Tensor:
+def run_feedback_ops(ops: Iterable[nn.Module], y: torch.Tensor, ctx: dict | None) -> torch.Tensor:
     """Apply feedback ``ops`` in order, handing the forward context to those that need it."""
     for op in ops:
         y = op(y, ctx) if getattr(op, "needs_ctx", False) else op(y)
@@ -138,7 +137,7 @@ class MaxUnpool(nn.Module):
         self.kernel_size, self.stride, self.padding = pool.kernel_size, pool.stride, pool.padding
         self.output_size = tuple(input_size)  # the pool's input size: floor division loses it
 
-    def forward(self, y: torch.Tensor, ctx: Optional[dict] = None) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, ctx: dict | None = None) -> torch.Tensor:
         if not ctx or POOL_INDICES not in ctx:
             raise ValueError("MaxUnpool needs the pooling indices of a forward pass: call the feedback "
                              "block with the ctx returned by Block.forward_ctx (or Network.activations_ctx)")
@@ -237,8 +236,8 @@ class Block(nn.Module):
                 x = y
         return shapes
 
-    def make_feedback(self, placement: str = "output", output_activation: Optional[nn.Module] = None,
-                      bias: bool = True, init: str = "xavier_uniform", gain: float = 1.0) -> "FeedbackBlock":
+    def make_feedback(self, placement: str = "output", output_activation: nn.Module | None = None,
+                      bias: bool = True, init: str = "xavier_uniform", gain: float = 1.0) -> FeedbackBlock:
         """Build g_l, from this block's output space to its input space, op by op in reverse.
 
         placement="output" (Lee et al. 2015, Bartunov et al. 2018, FW-DTP): the mirrored weight and
@@ -278,7 +277,7 @@ class FeedbackBlock(nn.Module):
         super().__init__()
         self.ops = nn.ModuleList(ops)
 
-    def forward(self, y: torch.Tensor, ctx: Optional[dict] = None) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, ctx: dict | None = None) -> torch.Tensor:
         return run_feedback_ops(self.ops, y, ctx)
 
     @property
@@ -328,7 +327,7 @@ class Network(nn.Module):
         return len(self.blocks)
 
 
-def hidden_block(cfg, weight_op: nn.Module, *before: nn.Module, pool: Optional[nn.Module] = None) -> Block:
+def hidden_block(cfg, weight_op: nn.Module, *before: nn.Module, pool: nn.Module | None = None) -> Block:
     """``before`` ops → weight op → activation → ``pool`` → batch norm (if ``cfg.batch_norm``).
 
     The weight op is initialised here with ``cfg.init``/``cfg.init_gain``. Batch normalisation comes

@@ -4,14 +4,13 @@ for ConvTranspose2d)."""
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
 
 
 def init_weight(weight: torch.Tensor, scheme: str, gain: float = 1.0,
-                fan_in: Optional[int] = None, fan_out: Optional[int] = None) -> None:
+                fan_in: int | None = None, fan_out: int | None = None) -> None:
     """Initialise a Linear (out, in) or Conv (out, in, k, k) weight in place.
 
     ``fan_in``/``fan_out`` override PyTorch's fan computation (needed for shapes where it is wrong).
@@ -41,7 +40,7 @@ def init_weight(weight: torch.Tensor, scheme: str, gain: float = 1.0,
             raise ValueError(f"unknown init {scheme!r}")
 
 
-def init_bias(bias: Optional[torch.Tensor], scheme: str, fan_in: int) -> None:
+def init_bias(bias: torch.Tensor | None, scheme: str, fan_in: int) -> None:
     if bias is None:
         return
     with torch.no_grad():

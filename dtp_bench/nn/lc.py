@@ -179,7 +179,7 @@ class _LocallyConnectedMap(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-def locally_connected(x: Tensor, layer: "LocallyConnected2d", feedback: Tensor | None = None) -> Tensor:
+def locally_connected(x: Tensor, layer: LocallyConnected2d, feedback: Tensor | None = None) -> Tensor:
     """``layer(x)``; with ``feedback`` (shaped like ``layer.weight``) the input gradient is the
     transposed LC map with ``feedback`` instead of the weight (feedback alignment)."""
     return _LocallyConnectedMap.apply(x, layer.weight, layer.bias,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ..config import check, check_choice, check_positive, register_schema
 
@@ -61,8 +60,8 @@ class LayerStackArchConfig(ArchConfig):
     for ImageNet)."""
 
     name: str = "lc"
-    layers: Optional[list[list[int]]] = None
-    fc_hidden: Optional[list[int]] = None
+    layers: list[list[int]] | None = None
+    fc_hidden: list[int] | None = None
 
     def validate(self, key: str = "arch") -> None:
         super().validate(key)

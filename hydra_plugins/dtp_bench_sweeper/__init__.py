@@ -6,13 +6,12 @@ would run ``n_trials`` more and start again at folder 0, over the first trials' 
 from __future__ import annotations
 
 import sys
-from typing import List
 
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 
 class ResumableOptunaSweeper(OptunaSweeper):
-    def sweep(self, arguments: List[str]) -> None:
+    def sweep(self, arguments: list[str]) -> None:
         impl = self.sweeper
         if impl.storage:
             import optuna
