@@ -71,21 +71,21 @@ class OptimizerConfig:
     """One optimizer and its schedule. ``lr`` may be a list (one value per layer) where the
     algorithm trains layers separately (target-propagation feedback, for instance)."""
 
-    name: str = "adam"
-    lr: Any = 1e-3
-    momentum: float = 0.0  # sgd
-    nesterov: bool = False  # sgd
-    beta1: float = 0.9  # adam
-    beta2: float = 0.999  # adam
-    eps: float = 1e-8  # adam, rmsprop
+    name: str = "adam"  # sgd, adam or rmsprop (torch.optim's SGD, Adam, RMSprop)
+    lr: Any = 1e-3  # learning rate; the target-propagation family also takes a list, one per layer
+    momentum: float = 0.0  # sgd, rmsprop: momentum factor, in [0, 1)
+    nesterov: bool = False  # sgd: Nesterov momentum (needs momentum > 0)
+    beta1: float = 0.9  # adam: decay rate of the running mean of the gradient
+    beta2: float = 0.999  # adam: decay rate of the running mean of the squared gradient
+    eps: float = 1e-8  # adam, rmsprop: added to the denominator √v̂ for stability
     alpha: float = 0.99  # rmsprop smoothing constant
-    centered: bool = False  # rmsprop
-    weight_decay: float = 0.0
-    schedule: str = "none"
-    cosine_t_max: int | None = None  # epochs; null = trainer.epochs
-    cosine_eta_min: float = 0.0
+    centered: bool = False  # rmsprop: divide by the centred (variance) estimate instead of the raw second moment
+    weight_decay: float = 0.0  # L2 penalty: weight_decay·θ added to the gradient (torch.optim's weight_decay)
+    schedule: str = "none"  # learning-rate schedule, stepped once per epoch: none, cosine or step
+    cosine_t_max: int | None = None  # schedule=cosine: its period in epochs; null = trainer.epochs
+    cosine_eta_min: float = 0.0  # schedule=cosine: the learning rate it decays to
     step_size: int = 30  # epochs between decays (schedule=step)
-    step_gamma: float = 0.1
+    step_gamma: float = 0.1  # schedule=step: the factor the learning rate is multiplied by at each decay
 
     def validate(self, key: str) -> None:
         check_choice(self.name, f"{key}.name", OPTIMIZERS)
@@ -119,7 +119,13 @@ class TrainerConfig:
     val_size: int = 0  # 0 = train on the full training set and report test, as the papers did
     limit_train_batches: int | None = None  # null = all; for quick checks
     limit_eval_batches: int | None = None
-    checkpoint: bool = True  # checkpoint.pt after every epoch (atomic)
+    checkpoint: bool = True  # checkpoint.pt after every epoch (atomic): what resume=true continues from
+    # whether a completed run keeps checkpoint.pt: null = a single run keeps it, a sweep job deletes
+    # it once completed (written while running, so an interrupted sweep still resumes)
+    keep_checkpoint: bool | None = None
+    # also write best.pt (weights only) at the epoch with the lowest validation error (the test
+    # error when trainer.val_size=0, which is then selection on the test set: say so when reporting)
+    save_best: bool = False
     progress: str = "auto"  # auto = a tqdm bar only when stdout is a terminal; on; off
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are already)
     # forward blocks (0 = first) whose weights are never updated: a control, e.g. every hidden
@@ -148,9 +154,9 @@ class AugmentConfig:
     """Batched, on-device augmentation of training images (test images are only normalised)."""
 
     crop_padding: int = 0  # random crop of the original size after padding by this many pixels
-    padding_mode: str = "zero"  # zero or edge
-    hflip: bool = False
-    vflip: bool = False
+    padding_mode: str = "zero"  # how the crop pads: zero (black pixels) or edge (the border pixels repeated)
+    hflip: bool = False  # flip each training image left-right with probability 1/2
+    vflip: bool = False  # flip each training image upside down with probability 1/2
 
     def validate(self, key: str) -> None:
         check_positive(self.crop_padding, f"{key}.crop_padding", allow_zero=True)
@@ -162,12 +168,13 @@ DATASETS = ("mnist", "fmnist", "cifar10", "cifar100", "imagenet32")
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
+    name: str = MISSING  # which data: mnist, fmnist, cifar10, cifar100 or imagenet32 (set by the option file)
     root: str | None = None  # null = $DTP_BENCH_DATA or ~/.cache/dtp_bench
     download: bool = True  # through torchvision, when files are missing and a network exists
-    mean: list[float] = field(default_factory=lambda: [0.0])
-    std: list[float] = field(default_factory=lambda: [1.0])
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # inputs are normalised per channel as (x − mean) / std, x the pixel values in [0, 1]
+    mean: list[float] = field(default_factory=lambda: [0.0])  # one value, or one per channel
+    std: list[float] = field(default_factory=lambda: [1.0])  # one value, or one per channel
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training-image augmentation (off by default)
     pca_components: int | None = None  # project flattened inputs on the top-k principal axes
 
     def validate(self, key: str = "dataset") -> None:
@@ -188,11 +195,11 @@ LOGGERS = ("none", "wandb")
 class LoggerConfig:
     """metrics.jsonl and summary.json are always written; this adds an external logger."""
 
-    name: str = "none"
-    project: str = "dtp_bench"
-    entity: str | None = None
-    mode: str = "offline"  # wandb never touches the network unless set to online
-    tags: list[str] = field(default_factory=list)
+    name: str = "none"  # none (only the run folder's files) or wandb (Weights & Biases as well)
+    project: str = "dtp_bench"  # wandb project
+    entity: str | None = None  # wandb entity (user or team); null = wandb's default for your login
+    mode: str = "offline"  # offline, online or disabled: wandb never touches the network unless set to online
+    tags: list[str] = field(default_factory=list)  # wandb run tags
 
     def validate(self, key: str = "logger") -> None:
         check_choice(self.name, f"{key}.name", LOGGERS)
@@ -211,9 +218,9 @@ class DiagnosticsConfig:
     starved_update_ratio: float = 1e-3  # ‖θ_end − θ_start‖ / ‖θ_start‖ over one epoch
     starved_step_fraction: float = 0.1  # Adam: mean √v̂/(√v̂ + ε), the share of the nominal step
     # early activation check: the RMS of each hidden block's output on the first batch, again after
-    # activation_check_step updates; growth beyond the limit prints a warning (0 = off)
-    activation_check_step: int = 8
-    activation_growth_limit: float = 10.0
+    # activation_check_step updates; growth beyond activation_growth_limit prints a warning
+    activation_check_step: int = 8  # updates before the second measurement
+    activation_growth_limit: float = 10.0  # warn when a block's RMS grows by more than this factor (0 = no check)
 
     def validate(self, key: str = "diagnostics") -> None:
         check_positive(self.every_n_steps, f"{key}.every_n_steps", allow_zero=True)
@@ -229,26 +236,31 @@ class DiagnosticsConfig:
 class ReferenceConfig:
     """What a preset reproduces; the report joins runs to the paper's numbers on these fields."""
 
-    paper: str = ""
-    table: str = ""
-    row: str = ""
-    column: str = ""
-    metric: str = "test_error"  # test_error, train_error, test_accuracy, top5_accuracy
-    value: float | None = None
-    std: float | None = None
-    note: str = ""
+    paper: str = ""  # the paper's short name, e.g. bartunov2018
+    table: str = ""  # the table in it, e.g. Table 1
+    row: str = ""  # the table's row, e.g. DTP alternating
+    column: str = ""  # the table's column, e.g. MNIST FC
+    # which of our numbers the paper's is compared with (errors and accuracies in %): test_error,
+    # best_test_error (lowest over the epochs), train_error, best_train_error, test_accuracy,
+    # best_test_accuracy, top5_accuracy, epoch_seconds
+    metric: str = "test_error"
+    value: float | None = None  # the paper's number; null = it gives none
+    std: float | None = None  # the paper's standard deviation over seeds, where it gives one
+    note: str = ""  # provenance; "paper train error: X%" and "paper top-5 error: X%" are read by the report
 
 
 @dataclass
 class Config:
-    algorithm: Any = MISSING
-    dataset: DatasetConfig = MISSING
-    arch: Any = MISSING
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    reference: ReferenceConfig | None = None
-    seed: int = 0
+    algorithm: Any = MISSING  # the learning rule (algorithm=<option>; the option decides its schema)
+    dataset: DatasetConfig = MISSING  # the data (dataset=<option>)
+    arch: Any = MISSING  # the network (arch=<option>; the option decides its schema)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # epochs, batches, device, checkpoints
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # an external logger (logger=<option>)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)  # alignment and learning signal
+    reference: ReferenceConfig | None = None  # what a preset reproduces (conf/experiment); null for other runs
+    seed: int = 0  # seeds Python, NumPy and torch: weights, batch order, noise, augmentation (not the val split)
+    # continue from the run folder's checkpoint.pt (same config required); a run already completed there
+    # is not run again
     resume: bool = False
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from .config import ConfigError, validate
 from .data import DataError
 from .menu import schema_choice_problem
-from .trainer import CHECKPOINT, SUMMARY, Trainer, write_json_atomic
+from .trainer import CHECKPOINT, CHECKPOINT_HASH, SUMMARY, Trainer, write_json_atomic
 
 LOCK = ".lock"  # held (flock) while a process trains into the run directory
 RESUME_ERROR = "resume_error.json"  # why a later attempt on a completed run failed
@@ -157,6 +157,11 @@ def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -
         print(f"job failed ({exc.__class__.__name__}: {exc}); details in {where}", file=sys.stderr)
         return FAILED_OBJECTIVE
 
+    keep = cfg.trainer.get("keep_checkpoint")
+    if summary["status"] in ("completed", "diverged") and not (keep if keep is not None else not multirun):
+        # a finished sweep job needs no checkpoint: resume=true skips it by its summary's config_hash
+        for name in (CHECKPOINT, CHECKPOINT_HASH):
+            (run_dir / name).unlink(missing_ok=True)
     if summary["status"] != "completed":
         print(f"{summary['status']} at epoch {summary['diverged_epoch']}; run directory {run_dir}")
         return FAILED_OBJECTIVE

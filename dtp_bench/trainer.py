@@ -33,6 +33,7 @@ from .nn.blocks import build_network
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_HASH = "checkpoint.pt.sha256"
+BEST_CHECKPOINT = "best.pt"
 CHECKPOINT_KEYS = {"history", "best_test_error", "elapsed", "epochs_completed", "step", "algorithm",
                    "rng_cpu", "rng_cuda", "rng_data", "config"}
 METRICS = "metrics.jsonl"
@@ -158,6 +159,7 @@ def file_sha256(path: Path) -> str:
 # and the paper's reference numbers and notes, which only label the run. The device may be named
 # differently (auto, cuda, cuda:1) as long as its type is the same: that is checked on its own.
 RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "trainer.checkpoint", "trainer.device",
+                     "trainer.keep_checkpoint", "trainer.save_best",
                      "logger", "dataset.root", "dataset.download", "reference",
                      # measurements only: they never change what is trained
                      "diagnostics.learning_signal", "diagnostics.starved_update_ratio",
@@ -443,7 +445,7 @@ class Trainer:
         t = self.typed.trainer
         if not (self.typed.resume and self.try_resume()):
             (self.run_dir / METRICS).write_text("")  # a fresh start: no rows of an earlier attempt
-            for stale in (CHECKPOINT, CHECKPOINT_HASH):  # ...and no checkpoint of it either
+            for stale in (CHECKPOINT, CHECKPOINT_HASH, BEST_CHECKPOINT):  # ...and no checkpoint of it either
                 (self.run_dir / stale).unlink(missing_ok=True)
         self._open_logger()
         self.write_summary("running")
@@ -464,6 +466,8 @@ class Trainer:
                 row["val_error"], _ = self.evaluate("val")
             self.algorithm.after_epoch(epoch)
             self.best_test_error = min(self.best_test_error, row["test_error"])
+            if t.save_best:
+                self._save_best(row)
             self._record(row, checkpoint=t.checkpoint)
             log.info(epoch_line(row, t.epochs))
             if self.learning_signal is not None:
@@ -487,6 +491,20 @@ class Trainer:
             if self.activation_blowup:  # a warning, not a stop: the NaN check records a real divergence
                 warn(f"warning: {self.activation_blowup}; the run may diverge (check the lr and the input "
                      f"normalisation)")
+
+    def _best_metric(self) -> str:
+        return "val_error" if self.data.val_y is not None else "test_error"
+
+    def _save_best(self, row: dict) -> None:
+        """best.pt: the weights of the epoch with the lowest selection error so far (ties: the first)."""
+        metric = self._best_metric()
+        earlier = [r[metric] for r in self.history if r.get(metric) is not None]
+        if earlier and row[metric] >= min(earlier) and (self.run_dir / BEST_CHECKPOINT).exists():
+            return
+        state = {"epoch": row["epoch"], "metric": metric, "value": row[metric],
+                 "modules": self.algorithm.state_dict(),
+                 "config": json.dumps(_config_fingerprint(self.cfg), sort_keys=True)}
+        _write_atomic(self.run_dir / BEST_CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
     def _parameters_finite(self) -> bool:
         params = [p for p in self.algorithm.parameters() if p.is_floating_point()]
@@ -547,6 +565,12 @@ class Trainer:
         }
         if self.learning_signal is not None and self.history:
             summary["learning_signal"] = self.learning_signal.summary(self.history)
+        metric = self._best_metric()
+        scored = [r for r in completed if r.get(metric) is not None]
+        if self.typed.trainer.save_best and scored:
+            best = min(scored, key=lambda r: r[metric])  # min() keeps the first of equal ones
+            summary["best_checkpoint"] = {"file": BEST_CHECKPOINT, "epoch": best["epoch"], "metric": metric,
+                                          "value": best[metric]}
         if self.activation_check is not None:
             summary["activation_check"] = {**self.activation_check, "warning": self.activation_blowup}
         ref = self.typed.reference
