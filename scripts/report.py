@@ -419,50 +419,78 @@ def mean_curve(cell: Cell) -> tuple[list[int], list[float], int]:
     return epochs, [statistics.fmean(by_epoch[e]) for e in epochs], n
 
 
+NUMBER = re.compile(r"(?<![\w.])-?\d+\.\d{5,}(?:e-?\d+)?")
+
+
+def short_label(text: str) -> str:
+    """A legend label with long floats rounded (0.000750195444 → 0.0007502)."""
+    return NUMBER.sub(lambda m: f"{float(m.group()):.4g}", text)
+
+
 def learning_curves(cells: list[Cell], title: str, path: Path) -> bool:
+    """Mean test-error curve per cell with a ±1 std band over its seeds; at most MAX_LEGEND cells
+    per panel (further panels below), integer epoch ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     metric = cells[0].ref.get("metric", "test_error")
     accuracy = is_accuracy(metric)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = 0
+    curves = []
     for cell in sorted(cells, key=lambda c: c.key()):
-        epochs, mean, n = mean_curve(cell)
+        epochs, mean, std = band_curve(cell.completed())
         if not epochs:
             continue
         if accuracy:
             mean = [100.0 - m for m in mean]
-        label = str(cell.ref.get("row", "")) + (f" [{cell.variant}]" if cell.variant else "") + f" (n={n})"
-        ax.plot(epochs, mean, label=label, marker="." if len(epochs) < 30 else None, linestyle=line_style(drawn))
-        drawn += 1
-    if not drawn:
-        plt.close(fig)
+        n = len(cell.completed())
+        label = short_label(str(cell.ref.get("row", "")) + (f" [{cell.variant}]" if cell.variant else "")) + f" (n={n})"
+        curves.append((label, epochs, mean, std, n))
+    if not curves:
         return False
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)" if accuracy else "test error (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="best")
+    plt = _pyplot()
+    panels = [curves[i:i + MAX_LEGEND] for i in range(0, len(curves), MAX_LEGEND)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4.5 * len(panels)), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        for index, (label, epochs, mean, std, n) in enumerate(panel):
+            line, = ax.plot(epochs, mean, label=label, marker="." if len(epochs) < 30 else None,
+                            linestyle=line_style(index))
+            if n > 1:
+                ax.fill_between(epochs, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                                color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)" if accuracy else "test error (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over, the curves
+    axes[0, 0].set_title(title + " (mean ± std over seeds)", fontsize=9)
     save(fig, path)
     return True
 
 
 def histograms(cells: list[Cell], title: str, path: Path) -> bool:
+    """Per row, the distribution over a search's configurations of the error the search chose on:
+    the final validation error (the test error only for runs without a validation split)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     by_row: dict[str, list[float]] = {}
+    on_val = all(r.summary.get("final_val_error") is not None for c in cells for r in c.completed())
+    key = "final_val_error" if on_val else "best_test_error"
     for cell in cells:
         for run in cell.completed():
-            if run.summary.get("best_test_error") is not None:
-                by_row.setdefault(str(cell.ref.get("row", "")), []).append(100.0 - run.summary["best_test_error"])
+            if run.summary.get(key) is not None:
+                by_row.setdefault(str(cell.ref.get("row", "")), []).append(run.summary[key])
     if not by_row:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lo = min(min(v) for v in by_row.values())
     hi = max(max(v) for v in by_row.values())
     bins = [lo + (hi - lo + 1e-9) * i / 20 for i in range(21)]
-    for row in sorted(by_row):
+    for row in sorted(by_row)[:MAX_LEGEND]:
         ax.hist(by_row[row], bins=bins, alpha=0.5, label=f"{row} (n={len(by_row[row])})")
-    ax.set_xlabel("best test accuracy (%) of a configuration")
+    ax.set_xlabel("final validation error (%) of a configuration" if on_val
+                  else "best test error (%) of a configuration (no validation split)")
     ax.set_ylabel("configurations")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6)
     save(fig, path)
@@ -573,7 +601,7 @@ def sweep_plot(cells: list[Cell], title: str, path: Path) -> bool:
         value = metric_value(run, metric)
         if value is None or setting.get(x_key) is None:
             continue
-        label = " ".join([row] + [f"{k}={setting[k]}" for k in varying if k != x_key and k in setting])
+        label = short_label(" ".join([row] + [f"{k}={setting[k]}" for k in varying if k != x_key and k in setting]))
         lines.setdefault(label, {}).setdefault(where[setting[x_key]], []).append(value)
     if not lines:
         return False
@@ -589,13 +617,148 @@ def sweep_plot(cells: list[Cell], title: str, path: Path) -> bool:
         ax.set_xscale("log")
     ax.set_xlabel(x_key if kind in ("numeric", "categorical") else f"{kind} {x_key}")
     ax.set_ylabel(metric.replace("_", " ") + " (%), mean over seeds")
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    extra = len(handles) - MAX_LEGEND
+    ax.legend(handles[:MAX_LEGEND], labels[:MAX_LEGEND], fontsize=7,
+              title=f"(+{extra} more lines, not labelled)" if extra > 0 else None, title_fontsize=6)
     ax.set_title(title, fontsize=9)
     save(fig, path)
     return True
 
 
 # ---------------------------------------------------------------------------- main
+# ---------------------------------------------------------------------------- --group-by
+MAX_LEGEND = 10  # entries per axes: more go to further panels
+
+
+def round_value(value: Any) -> str:
+    """A config value for a label: floats to 4 significant digits, lists compact."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(round_value(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def config_value(run: Run, key: str) -> Any:
+    """``key`` for a run: a config group's choice (algorithm, arch, dataset, experiment, ...) from
+    summary.json, else the dotted key in the run's resolved .hydra/config.yaml ('?' if neither)."""
+    from omegaconf import OmegaConf
+
+    choices = run.summary.get("choices") or {}
+    if key in choices:
+        return choices[key]
+    if key == "seed":
+        return run.seed
+    cfg = _load_yaml(run.path / ".hydra" / "config.yaml")
+    if cfg is not None:
+        try:
+            value = OmegaConf.select(cfg, key, default="?", throw_on_resolution_failure=False)
+        except Exception:
+            value = "?"
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return "?"
+
+
+def group_runs(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(round_value(config_value(run, k)) for k in keys), []).append(run)
+    return dict(sorted(groups.items()))
+
+
+GROUP_METRICS = (("final test error", "final_test_error"), ("best-epoch test error", "best_test_error"),
+                 ("final val error", "final_val_error"), ("final train error", "final_train_error"))
+
+
+def group_rows(groups: dict[tuple, list[Run]]) -> tuple[list[str], list[list[str]]]:
+    """One row per group: n completed, mean ± std of each metric over them, diverged / failed."""
+    shown = [(label, key) for label, key in GROUP_METRICS
+             if any(r.summary.get(key) is not None for runs in groups.values() for r in runs)]
+    rows = []
+    for values, runs in groups.items():
+        done = [r for r in runs if r.status == "completed"]
+        row = [*values, str(len(done))]
+        for _, key in shown:
+            mean, std = mean_std([r.summary[key] for r in done if r.summary.get(key) is not None])
+            row.append("" if mean is None else fmt(mean) + ("" if std is None else f" ± {fmt(std)}"))
+        epochs = sorted({r.summary.get("epochs_completed") for r in done} - {None})
+        row.append(",".join(map(str, epochs)))
+        row.append(f"{sum(r.status == 'diverged' for r in runs)} / "
+                   f"{sum(r.status not in ('completed', 'diverged') for r in runs)}")
+        rows.append(row)
+    return [label for label, _ in shown], rows
+
+
+def band_curve(runs: list[Run], metric: str = "test_error") -> tuple[list[int], list[float], list[float]]:
+    """(epochs, mean, std) of ``metric`` over the runs that reached each epoch."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for row in run.metrics:
+            if row.get(metric) is not None:
+                by_epoch.setdefault(row["epoch"], []).append(row[metric])
+    epochs = sorted(by_epoch)
+    means = [statistics.fmean(by_epoch[e]) for e in epochs]
+    stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
+    return epochs, means, stds
+
+
+def group_curves(groups: dict[tuple, list[Run]], keys: list[str], path: Path, metric: str = "test_error") -> bool:
+    """Mean curves with a ±1 std band over seeds, at most MAX_LEGEND groups per panel."""
+    from matplotlib.ticker import MaxNLocator
+
+    curves = [(values, *band_curve([r for r in runs if r.status == "completed"], metric),
+               sum(r.status == "completed" for r in runs)) for values, runs in groups.items()]
+    curves = [c for c in curves if c[1]]
+    if not curves:
+        return False
+    plt = _pyplot()
+    panels = [curves[i:i + MAX_LEGEND] for i in range(0, len(curves), MAX_LEGEND)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4.2 * len(panels)), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        for index, (values, epochs, mean, std, n) in enumerate(panel):
+            label = ", ".join(f"{k}={v}" for k, v in zip(keys, values)) + f" (n={n})"
+            line, = ax.plot(epochs, mean, label=label, linestyle=line_style(index),
+                            marker="." if len(epochs) < 30 else None)
+            if n > 1:
+                ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric.replace("_", " ") + " (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[0, 0].set_title(f"{metric.replace('_', ' ')} by {', '.join(keys)}: mean ± std over seeds", fontsize=9)
+    save(fig, path)
+    return True
+
+
+def group_report(run_roots: list[Path], keys: list[str], out: Path) -> list[Path]:
+    """Tables (markdown, CSV) and learning curves of any runs, grouped by config keys."""
+    runs = find_runs(run_roots)
+    groups = group_runs(runs, keys)
+    metric_labels, rows = group_rows(groups)
+    header = [*keys, "n", *[f"{m} (mean ± std)" for m in metric_labels], "epochs", "diverged / failed"]
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / ("by_" + slug("_".join(keys)))
+    write_csv(base.with_suffix(".csv"), header, rows)
+    lines = [f"# Runs grouped by {', '.join(keys)}", "",
+             f"{len(runs)} run directories read from {', '.join(map(str, run_roots))}; mean ± std over the "
+             f"completed runs of each group (n); errors in %.", "", md_table(header, rows)]
+    written = [base.with_suffix(".csv")]
+    png = base.with_suffix(".png")
+    if group_curves(groups, keys, png):
+        lines += ["", f"![{png.stem}]({png.name})"]
+        written.append(png)
+    if any(r.metrics and any("val_error" in m for m in r.metrics) for r in runs):
+        val_png = out / (base.name + "__val.png")
+        if group_curves(groups, keys, val_png, "val_error"):
+            lines += ["", f"![{val_png.stem}]({val_png.name})"]
+            written.append(val_png)
+    base.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return [base.with_suffix(".md"), *written]
+
+
 def report(run_roots: list[Path], out: Path, conf: Path = ROOT / "conf") -> list[Path]:
     runs = find_runs(run_roots)
     presets = read_presets(conf) if (conf / "experiment").exists() else []
@@ -640,7 +803,7 @@ def report(run_roots: list[Path], out: Path, conf: Path = ROOT / "conf") -> list
                 figures.append(png)
             if "search" in table.lower():
                 png = folder / f"{slug(table)}__{slug(column)}__hist.png"
-                if histograms(in_column, f"{paper} — {table} — {column}: best test accuracy per configuration", png):
+                if histograms(in_column, f"{paper} — {table} — {column}: the searched configurations", png):
                     figures.append(png)
         if table.lower().startswith("cost"):
             png = folder / f"{slug(table)}__bars.png"
@@ -678,8 +841,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default: reports/; results/ holds the committed tables: `make report`)")
     parser.add_argument("--conf", type=Path, default=ROOT / "conf",
                         help="config folder whose experiment/ presets define the expected cells")
+    parser.add_argument("--group-by", nargs="+", metavar="KEY", default=None,
+                        help="instead of the papers' tables: any runs grouped by config keys, e.g. "
+                             "--group-by algorithm algorithm.optimizer.lr (a group's choice or a dotted key)")
     args = parser.parse_args(argv)
-    written = report(args.runs, args.out, args.conf)
+    if args.group_by:
+        written = group_report(args.runs, args.group_by, args.out)
+    else:
+        written = report(args.runs, args.out, args.conf)
     print(f"wrote {len(written)} files to {args.out}", file=sys.stderr)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -147,9 +148,48 @@ def test_learning_curves_draw_every_row_distinguishably(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr(report, "save", lambda fig, path: figures.append(fig))
     assert report.learning_curves(cells, "t", tmp_path / "curves.png")
-    lines = figures[0].axes[0].get_lines()
-    assert len(lines) == 12
-    assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 12
+    # at most ten legend entries per axes: the twelve rows go to two panels, each distinguishable
+    panels = figures[0].axes
+    assert [len(ax.get_lines()) for ax in panels] == [10, 2]
+    for ax in panels:
+        lines = ax.get_lines()
+        assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == len(lines)
+        assert len(ax.get_legend().get_texts()) == len(lines) <= 10
+        assert all(float(t).is_integer() for t in ax.get_xticks())  # epochs: integer ticks
+
+
+def test_labels_round_long_floats():
+    report = load_report()
+    assert report.short_label("BP [algorithm.optimizer.lr=0.0007501954443620128]") == \
+        "BP [algorithm.optimizer.lr=0.0007502]"
+    assert report.short_label("DTP [arch.hidden=[256,256] seed=3 lr=0.5]") == "DTP [arch.hidden=[256,256] seed=3 lr=0.5]"
+    assert report.round_value(0.1234567) == "0.1235" and report.round_value([256, 256]) == "[256,256]"
+
+
+def test_group_by_any_runs(tmp_path):
+    """--group-by over runs with no reference: mean ± std per group, curves with seed bands."""
+    report = load_report()
+    runs = tmp_path / "runs"
+    for algo, errors in (("bp", [[8.0, 10.0], [10.0, 12.0]]), ("dtp", [[15.0, 20.0], [17.0, 22.0], [19.0, 24.0]])):
+        for seed, test in enumerate(errors):
+            folder = runs / f"{algo}_{seed}"
+            write_run(folder, {"row": "x"}, seed, test, [5.0, 4.0])
+            summary = json.loads((folder / "summary.json").read_text())
+            summary.pop("reference")
+            summary["choices"] = {"algorithm": algo}
+            (folder / "summary.json").write_text(json.dumps(summary))
+            (folder / ".hydra" / "config.yaml").write_text(json.dumps(
+                {"seed": seed, "algorithm": {"optimizer": {"lr": 0.000750195444 if algo == "bp" else 0.01}}}))
+    written = report.group_report([runs], ["algorithm", "algorithm.optimizer.lr"], tmp_path / "out")
+    md = (tmp_path / "out" / "by_algorithm_algorithm_optimizer_lr.md").read_text()
+    # the last epoch overfits: final and best-epoch errors differ
+    assert "| bp | 0.0007502 | 2 | 11.00 ± 1.41 | 9.00 ± 1.41 | 4.00 ± 0.00 | 2 | 0 / 0 |" in md
+    assert "| dtp | 0.01 | 3 | 22.00 ± 2.00 | 17.00 ± 2.00 | 4.00 ± 0.00 | 2 | 0 / 0 |" in md
+    assert any(p.suffix == ".png" for p in written)
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), "--runs", str(runs), "--group-by",
+                          "algorithm", "--out", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "cli" / "by_algorithm.csv").read_text().splitlines()[1].startswith("bp,2,11.00 ± 1.41")
 
 
 def test_sensitivity_map_skips_runs_in_progress(tmp_path):
