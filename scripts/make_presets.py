@@ -1,6 +1,7 @@
 """Write the experiment presets in conf/experiment/ from the paper tables below.
 
     .venv/bin/python scripts/make_presets.py          # (re)writes conf/experiment/**
+    .venv/bin/python scripts/make_presets.py --check  # changes nothing; exit 1 if a preset is stale
 
 The generated YAML files are the source of truth that users run (`python train.py
 experiment=<paper>/<cell>`); this script only keeps the ~150 of them consistent. Every number
@@ -18,6 +19,18 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "conf" / "experiment"
+CHOSEN_DIR = Path(__file__).resolve().parent / "chosen"  # hyperparameters chosen by our searches (YAML)
+
+
+def load_chosen(path: Path) -> dict:
+    """A chosen-hyperparameters file: {cells: {...}}, each entry with a `values` mapping."""
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.exists() else {}
+    cells = (data or {}).get("cells") or {}
+    entries = [e for rows in cells.values() for e in (rows.values() if "values" not in rows else [rows])]
+    bad = [e for e in entries if not isinstance(e, dict) or not isinstance(e.get("values"), dict)]
+    if bad:
+        raise SystemExit(f"{path}: every entry needs a `values:` mapping of dotted config keys (got {bad[0]!r})")
+    return {**(data or {}), "cells": cells}
 
 
 def write(rel: str, comment: str, body: dict, defaults: list[str] = ()) -> None:
@@ -319,27 +332,14 @@ FW_SEARCH = {  # method: Optuna params (TPE, F-MNIST)
                "algorithm.feedback_init_gain": "tag(log, interval(1e-3, 1e-1))"},
 }
 FW_SEARCH_TRIALS, FW_SEARCH_EPOCHS = 40, 30
-# Values chosen by the validation searches run here (lowest final validation error; the test set never
-# seen), at a reduced budget: 12 trials (Optuna TPE, seed 0: the first 10 are random) x 10 epochs. Only
-# F-MNIST is reachable here. Trials: results/runs/shibuya2023_search_fmnist_<row>_12x10ep. Cells without
-# an entry keep the algorithm's defaults until their column's search has run.
-FW_CHOSEN_BUDGET = "12 trials (Optuna TPE, seed 0; the first 10 random) x 10 epochs"
-FW_CHOSEN_BUDGET_OF = {  # (column, row): the budget of a search rerun at the preset's budget
-    ("fmnist", "bp"): "40 trials (Optuna TPE, seed 0) x 30 epochs (results/runs/shibuya2023_search_fmnist_bp_40x30ep)"}
-FW_CHOSEN = {  # column: {row: {dotted key: value}} (trial values rounded to 4 significant digits)
-    "fmnist": {
-        "bp": {"algorithm.optimizer.lr": 7.502e-4},  # trial 6 of the 40 x 30 search (the 12 x 10 one: 7.036e-4)
-        "fw_dtp": {"algorithm.optimizer.lr": 0.2160, "algorithm.target_step": 0.4074,
-                   "algorithm.feedback_init_gain": 0.09062},  # trial 6
-        # the DTP rows' 12x10 searches ran Bartunov's DTP (Adam); the rows now run the authors' code's DTP
-        # (plain SGD), so those values do not carry over: its search has not run yet
-        "l_drl_0.5m": {"algorithm.optimizer.lr": 0.2656, "algorithm.feedback_optimizer.lr": 0.02497,
-                       "algorithm.target_step": 0.08374, "algorithm.noise": 0.2119},  # trial 5
-        # trial 5 again: both searches drew the same 10 random trials (sampler seed 0), and it won both
-        "l_drl_1.1m": {"algorithm.optimizer.lr": 0.2656, "algorithm.feedback_optimizer.lr": 0.02497,
-                       "algorithm.target_step": 0.08374, "algorithm.noise": 0.2119},
-    },
-}
+# Values chosen by the validation searches run here: scripts/chosen/shibuya2023.yaml (per column and
+# row: values, budget, source). Cells without an entry keep the algorithm's defaults.
+FW_CHOSEN_FILE = CHOSEN_DIR / "shibuya2023.yaml"
+_fw = load_chosen(FW_CHOSEN_FILE)
+FW_CHOSEN_BUDGET = _fw.get("default_budget", "")
+FW_CHOSEN = {col: {row: dict(e["values"]) for row, e in rows.items()} for col, rows in _fw["cells"].items()}
+FW_CHOSEN_BUDGET_OF = {(col, row): e["budget"] for col, rows in _fw["cells"].items()
+                       for row, e in rows.items() if e.get("budget")}
 
 
 # DRL is Meulemans et al.'s method, and they published a tuned config per dataset (final_configs/<dataset>_DTPDRL
@@ -431,11 +431,11 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
         hyper = (f"Hyperparameters: {meulemans_drl_config(col)}"
                  + ("" if MEULEMANS_DRL_CONFIG[col] == col else f"; they published none for {col_label}")
                  + f". The column's validation search, experiment={search_name}, tunes the four main values "
-                 "(its best go into FW_CHOSEN in scripts/make_presets.py; then `make presets`).")
+                 "(its best go into scripts/chosen/shibuya2023.yaml; then `make presets`).")
     else:
         hyper = ("Hyperparameters: the algorithm's defaults (the authors published none per cell) until the column's "
-                 f"validation search, experiment={search_name}, has run (its best values go into FW_CHOSEN in "
-                 "scripts/make_presets.py; then `make presets`).")
+                 f"validation search, experiment={search_name}, has run (its best values go into "
+                 "scripts/chosen/shibuya2023.yaml; then `make presets`).")
         if algo == "fw_dtp":
             hyper += (" FW-DTP's defaults (lr, beta, feedback scale a) are the F-MNIST search's values; at the "
                       "poster's a = 0.01 (no batch norm) its hidden layers barely learn (docs/algorithms.md, "
@@ -473,8 +473,9 @@ def fw_cell(col: str, row: str, search: bool = False) -> None:
                                       FW_SEARCH_TRIALS, FW_SEARCH[algo])
         notes = [f"Search budget: {FW_SEARCH_TRIALS} trials (Optuna TPE, seed 0) x {FW_SEARCH_EPOCHS} epochs on "
                  f"{col_label} minus a 10000-example validation split; minimises the final validation error (never the "
-                 f"test set). Put the best values (multirun/.../optimization_results.yaml) into FW_CHOSEN['{col}'] in "
-                 f"scripts/make_presets.py and run `make presets` (the cell presets are generated)."] + notes[1:]
+                 f"test set). Put the best values (multirun/.../optimization_results.yaml) into "
+                 f"scripts/chosen/shibuya2023.yaml under cells.{col} and run `make presets` (the cell presets are "
+                 f"generated)."] + notes[1:]
         if published:
             notes.insert(1, f"The values not searched are {meulemans_drl_config(col)}.")
         comment = f"Hyperparameter search for '{label}' on {col_label} (validation split)."
@@ -560,12 +561,13 @@ ERN_ROWS = {"drl": "DRL (Meulemans et al. 2020)", "l_drl": "L-DRL", "bp": "BP"}
 ERN_COLS = {"mnist": "MNIST", "fmnist": "F-MNIST", "cifar10": "CIFAR-10", "imagenet32": "ImageNet32 top-5"}
 # L-DRL LeNet values were published for CIFAR-10 only, and on F-MNIST they diverged here in the first epoch. A
 # validation search per MNIST-like column tunes the two values that size the forward step (its lr and β); the
-# feedback values (K, σ, feedback lrs, per layer) stay the CIFAR-10 ones. The search's best go into ERN_CHOSEN.
+# feedback values (K, σ, feedback lrs, per layer) stay the CIFAR-10 ones. The search's best go into scripts/chosen/ernoult2022.yaml.
 ERN_SEARCHED = ("mnist", "fmnist")  # LeNet columns with an L-DRL search
 ERN_SEARCH = {"algorithm.optimizer.lr": "tag(log, interval(1e-3, 0.1))",
               "algorithm.target_step": "tag(log, interval(2e-2, 1.0))"}
 ERN_SEARCH_TRIALS, ERN_SEARCH_EPOCHS = 20, 20
-ERN_CHOSEN: dict = {}  # column: {dotted key: value} (none yet: the searches need a GPU)
+ERN_CHOSEN_FILE = CHOSEN_DIR / "ernoult2022.yaml"  # column: {values: {dotted key: value}, source}
+ERN_CHOSEN: dict = {col: dict(e["values"]) for col, e in load_chosen(ERN_CHOSEN_FILE)["cells"].items()}
 
 
 def ern_search_name(col: str) -> str:
@@ -611,7 +613,7 @@ def ern_cell(arch: str, col: str, row: str, search: bool = False) -> None:
                 notes.append((f"Forward lr and beta chosen on the validation split by experiment={ern_search_name(col)}: "
                               + ", ".join(f"{k}={v}" for k, v in chosen.items()) + ".") if chosen else
                              (f"The validation search experiment={ern_search_name(col)} tunes the forward lr and beta "
-                              "(its best values go into ERN_CHOSEN in scripts/make_presets.py; then `make presets`)."))
+                              "(its best values go into scripts/chosen/ernoult2022.yaml; then `make presets`)."))
     elif row == "bp":
         if col == "imagenet32":
             body["algorithm"] = {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
@@ -655,7 +657,7 @@ def ern_cell(arch: str, col: str, row: str, search: bool = False) -> None:
                         f"cell's 90 epochs on {ERN_COLS[col]} minus a 10000-example validation split; minimises the "
                         "final validation error (never the test set); a diverged trial scores 100%. Only the forward lr "
                         "and beta are searched. Put the best values (multirun/.../optimization_results.yaml) into "
-                        f"ERN_CHOSEN['{col}'] in scripts/make_presets.py and run `make presets`.")
+                        f"scripts/chosen/ernoult2022.yaml under cells.{col} and run `make presets`.")
     body["reference"] = {"paper": "ernoult2022", "table": table, "row": ERN_ROWS[row], "column": ERN_COLS[col],
                          "metric": metric, "value": value, "std": None, "note": " ".join(notes)}
     write(rel, comment + "\n" + "\n".join(notes), body, defaults)
@@ -737,7 +739,59 @@ def investigation() -> None:
                   [f"{INV_METHOD}: dtp", f"override /dataset: {ds}", "override /arch: fc"])
 
 
-def main() -> None:
+def generate(out: Path) -> int:
+    """Write every preset under ``out``; returns how many."""
+    global OUT
+    saved, OUT = OUT, out
+    try:
+        _write_all()
+    finally:
+        OUT = saved
+    return len(list(out.rglob("*.yaml")))
+
+
+def check(committed: Path) -> list[str]:
+    """What differs between the presets the generator would write now and ``committed`` (one line
+    per file), writing nothing there."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "experiment"
+        generate(fresh)
+        ours = {p.relative_to(fresh).as_posix() for p in fresh.rglob("*.yaml")}
+        theirs = {p.relative_to(committed).as_posix() for p in committed.rglob("*.yaml")}
+        lines = [f"{n}: not generated (hand-written, or left from a removed cell)" for n in sorted(theirs - ours)]
+        lines += [f"{n}: missing" for n in sorted(ours - theirs)]
+        lines += [f"{n}: differs" for n in sorted(ours & theirs)
+                  if (fresh / n).read_bytes() != (committed / n).read_bytes()]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Write the experiment presets in conf/experiment/ from the paper tables in this script and "
+                    "the hyperparameters our searches chose (scripts/chosen/*.yaml).")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing: list the presets that differ from what would be written; exit 1 if any")
+    parser.add_argument("--out", type=Path, default=None, help="write (or check) this folder instead of conf/experiment")
+    args = parser.parse_args(argv)
+    target = args.out or OUT
+    if args.check:
+        lines = check(target)
+        for line in lines:
+            print(line)
+        print(f"{len(lines)} presets under {target} differ from the generator's"
+              + ("; run `make presets`" if lines else ""), file=sys.stderr)
+        return 1 if lines else 0
+    n = generate(target)
+    shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
+    print(f"wrote {n} presets under {shown}", file=sys.stderr)
+    return 0
+
+
+def _write_all() -> None:
     for col in BART_COLUMNS:
         for row in BART_ROWS:
             if row == "bp_convnet" and col.endswith("_fc"):
@@ -761,8 +815,7 @@ def main() -> None:
     for col in ERN_SEARCHED:
         ern_cell("lenet", col, "l_drl", search=True)
     investigation()
-    print(f"wrote {len(list(OUT.rglob('*.yaml')))} presets under {OUT.relative_to(ROOT)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,10 +24,7 @@ def generated(tmp_path_factory):
     moved there: the real presets are never touched)."""
     root = tmp_path_factory.mktemp("generated")
     module = load_generator()
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(module, "ROOT", root)  # its closing message prints OUT relative to ROOT
-        monkeypatch.setattr(module, "OUT", root / "conf" / "experiment")
-        module.main()
+    assert module.main(["--out", str(root / "conf" / "experiment")]) == 0
     # everything it wrote is in the output folder
     assert {p.relative_to(root).parts[:2] for p in root.rglob("*") if p.is_file()} == {("conf", "experiment")}
     return root / "conf" / "experiment"
@@ -68,7 +65,7 @@ def test_a_hand_edit_is_noticed(generated, tmp_path):
 
 
 def test_a_search_result_reaches_its_ernoult_cell(tmp_path, monkeypatch):
-    # the LeNet L-DRL MNIST/F-MNIST cells take their validation search's values through ERN_CHOSEN
+    # the LeNet L-DRL MNIST/F-MNIST cells take their validation search's values through ERN_CHOSEN (read from scripts/chosen/ernoult2022.yaml)
     module = load_generator()
     monkeypatch.setattr(module, "OUT", tmp_path)
     monkeypatch.setattr(module, "ERN_CHOSEN", {"fmnist": {"algorithm.optimizer.lr": 0.0123, "algorithm.target_step": 0.234}})
@@ -80,3 +77,35 @@ def test_a_search_result_reaches_its_ernoult_cell(tmp_path, monkeypatch):
     assert "algorithm.optimizer.lr=0.0123" in cell.reference.note
     assert "algorithm" not in OmegaConf.load(tmp_path / "ernoult2022" / "lenet_mnist" / "l_drl.yaml")
     assert "algorithm" not in OmegaConf.load(tmp_path / "ernoult2022" / "search" / "lenet_fmnist" / "l_drl.yaml")
+
+
+def test_check_changes_nothing_and_fails_on_a_stale_preset(tmp_path):
+    import subprocess
+    import sys
+
+    committed = tmp_path / "experiment"
+    shutil.copytree(CONF / "experiment", committed)
+    script = [sys.executable, str(REPO / "scripts" / "make_presets.py")]
+    ok = subprocess.run(script + ["--check", "--out", str(committed)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout[-2000:]
+    preset = committed / "shibuya2023" / "fmnist" / "bp.yaml"
+    preset.write_text(preset.read_text().replace("lr: 0.0007502", "lr: 0.001"))
+    before = {p: p.read_bytes() for p in committed.rglob("*.yaml")}
+    stale = subprocess.run(script + ["--check", "--out", str(committed)], capture_output=True, text=True)
+    assert stale.returncode == 1 and stale.stdout.splitlines() == ["shibuya2023/fmnist/bp.yaml: differs"]
+    assert {p: p.read_bytes() for p in committed.rglob("*.yaml")} == before  # nothing written
+    usage = subprocess.run(script + ["--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "--check" in usage.stdout and not list((tmp_path / "conf").glob("*"))
+
+
+def test_chosen_values_come_from_the_yaml_files(tmp_path):
+    module = load_generator()
+    chosen = OmegaConf.load(REPO / "scripts" / "chosen" / "shibuya2023.yaml")
+    assert module.FW_CHOSEN["fmnist"]["bp"] == dict(chosen.cells.fmnist.bp["values"])
+    assert module.FW_CHOSEN_BUDGET_OF[("fmnist", "bp")] == chosen.cells.fmnist.bp.budget
+    cell = OmegaConf.load(CONF / "experiment" / "shibuya2023" / "fmnist" / "bp.yaml")
+    assert cell.algorithm.optimizer.lr == chosen.cells.fmnist.bp["values"]["algorithm.optimizer.lr"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cells: {fmnist: {bp: {lr: 0.1}}}\n")
+    with pytest.raises(SystemExit, match="needs a `values:` mapping"):
+        module.load_chosen(bad)
