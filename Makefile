@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help run test test-slow lint bench data report presets clean-venv
+.PHONY: help run test test-slow gpu-check lint bench data report presets docs clean-venv
 
 help:  ## list the targets
 	@echo "make run        train the default config (FW-DTP, F-MNIST, FC) and print its test error"
@@ -13,9 +13,11 @@ help:  ## list the targets
 	@echo "make lint       ruff over the tree (config in pyproject.toml; tests/test_lint.py runs it too)"
 	@echo "make test-slow  long checks (pytest marker slow): e.g. every default vs its frozen control, 5 epochs"
 	@echo "make bench      speed benchmarks -> results/bench/"
+	@echo "make gpu-check  every algorithm x arch for a few batches on CUDA (fp32, bf16) + epoch timings -> results/bench/gpu.json"
 	@echo "make data       install Fashion-MNIST (Debian package) if missing"
 	@echo "make report     tables and figures in results/ from results/runs"
 	@echo "make presets    regenerate conf/experiment from scripts/make_presets.py"
+	@echo "make docs       regenerate docs/configuration.md from the config schemas"
 	@echo "make table-<paper>+<table> ARGS=seed=1,2,3   run a whole table"
 	@echo "make clean-venv remove .venv"
 
@@ -40,6 +42,9 @@ run: $(STAMP) data
 test: $(STAMP) data
 	$(PY) -m pytest -q
 
+gpu-check: $(STAMP)
+	PY=$(PY) scripts/gpu_check.sh
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
@@ -56,6 +61,10 @@ report: $(STAMP)
 # regenerate conf/experiment/** from the paper tables in scripts/make_presets.py
 presets: $(STAMP)
 	$(PY) scripts/make_presets.py
+
+# docs/configuration.md: every config key, its meaning (the schema field's comment) and default (composed)
+docs: $(STAMP)
+	$(PY) scripts/config_docs.py
 
 # a whole table: make table-shibuya2023+fmnist ARGS="seed=1,2,3"  (+ stands for /)
 table-%: $(STAMP) data

@@ -111,14 +111,17 @@ PRECISIONS = ("fp32", "fp64", "bf16")
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 20
-    batch_size: int = 128
-    eval_batch_size: int = 1000
+    epochs: int = 20  # forward epochs (feedback-only epochs of alternating or pre-training schedules come on top)
+    batch_size: int = 128  # training examples per update
+    eval_batch_size: int = 1000  # examples per forward pass when measuring errors (no effect on results)
     device: str = "auto"  # auto = cuda if available, else cpu; or cpu, cuda, cuda:1, mps
     precision: str = "fp32"  # fp32, fp64, or bf16 (autocast; parameters stay fp32)
     val_size: int = 0  # 0 = train on the full training set and report test, as the papers did
     limit_train_batches: int | None = None  # null = all; for quick checks
-    limit_eval_batches: int | None = None
+    limit_eval_batches: int | None = None  # null = all; evaluate on the first N batches only (quick checks)
+    # > 0: train on the first N batches of the training set, the same ones in the same order every
+    # epoch (no shuffling): a debug check that a method can fit a few examples (train error → 0)
+    overfit_batches: int = 0
     checkpoint: bool = True  # checkpoint.pt after every epoch (atomic): what resume=true continues from
     # whether a completed run keeps checkpoint.pt: null = a single run keeps it, a sweep job deletes
     # it once completed (written while running, so an interrupted sweep still resumes)
@@ -139,6 +142,9 @@ class TrainerConfig:
         check_choice(self.precision, f"{key}.precision", PRECISIONS)
         check_choice(self.progress, f"{key}.progress", ("auto", "on", "off"))
         check_positive(self.val_size, f"{key}.val_size", allow_zero=True)
+        check_positive(self.overfit_batches, f"{key}.overfit_batches", allow_zero=True)
+        check(not (self.overfit_batches and self.limit_train_batches), f"{key}.overfit_batches",
+              "set either trainer.overfit_batches (fixed batches) or trainer.limit_train_batches (shuffled), not both")
         for name in ("limit_train_batches", "limit_eval_batches"):
             value = getattr(self, name)
             check(value is None or value > 0, f"{key}.{name}", f"must be null or > 0, got {value}")
@@ -173,7 +179,7 @@ class DatasetConfig:
     download: bool = True  # through torchvision, when files are missing and a network exists
     # inputs are normalised per channel as (x − mean) / std, x the pixel values in [0, 1]
     mean: list[float] = field(default_factory=lambda: [0.0])  # one value, or one per channel
-    std: list[float] = field(default_factory=lambda: [1.0])  # one value, or one per channel
+    std: list[float] = field(default_factory=lambda: [1.0])  # the normalisation's divisor: one value or one per channel
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training-image augmentation (off by default)
     pca_components: int | None = None  # project flattened inputs on the top-k principal axes
 
@@ -211,15 +217,15 @@ class DiagnosticsConfig:
     """Alignment diagnostics (angles with backprop; off by default) and the learning signal (each
     forward block's update size per epoch; on by default, see dtp_bench/learning_signal.py)."""
 
-    every_n_steps: int = 0  # 0 = off
+    every_n_steps: int = 0  # log the alignment angles with backprop every this many steps; 0 = off
     jacobian_samples: int = 4  # samples used to estimate feedback Jacobians
     learning_signal: bool = True  # per block: ‖Δθ‖/‖θ‖ per epoch and Adam's step fraction
     # a hidden block below either threshold in every epoch is reported as starved
-    starved_update_ratio: float = 1e-3  # ‖θ_end − θ_start‖ / ‖θ_start‖ over one epoch
-    starved_step_fraction: float = 0.1  # Adam: mean √v̂/(√v̂ + ε), the share of the nominal step
+    starved_update_ratio: float = 1e-3  # threshold on ‖θ_end − θ_start‖ / ‖θ_start‖ over one epoch
+    starved_step_fraction: float = 0.1  # threshold on Adam's mean √v̂/(√v̂ + ε), the share of the nominal step
     # early activation check: the RMS of each hidden block's output on the first batch, again after
     # activation_check_step updates; growth beyond activation_growth_limit prints a warning
-    activation_check_step: int = 8  # updates before the second measurement
+    activation_check_step: int = 8
     activation_growth_limit: float = 10.0  # warn when a block's RMS grows by more than this factor (0 = no check)
 
     def validate(self, key: str = "diagnostics") -> None:

@@ -388,9 +388,11 @@ class DeviceData:
         self.pca = vectors[:, -k:].flip(1).to(self.device, self.dtype).contiguous()
         self._pca_mean = mean.to(self.device, self.dtype)
 
-    def train_batches(self, batch_size: int, generator: torch.Generator,
-                      limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(self.num_train, device=self.device, generator=generator)
+    def train_batches(self, batch_size: int, generator: torch.Generator, limit: int | None = None,
+                      fixed: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled batches (``fixed``: the first ones, in order, every epoch, as overfit_batches wants)."""
+        order = (torch.arange(self.num_train, device=self.device) if fixed
+                 else torch.randperm(self.num_train, device=self.device, generator=generator))
         n_batches = -(-self.num_train // batch_size)
         if limit is not None:
             n_batches = min(n_batches, limit)

@@ -191,7 +191,7 @@ def _config_fingerprint(cfg) -> dict:
 
 # keys added after checkpoints existed, with the value that reproduces the old behaviour: a
 # checkpoint without the key resumes when the run leaves it there
-ADDED_KEYS = {"trainer.frozen_blocks": [], "arch.batch_norm_eps": 1e-5,
+ADDED_KEYS = {"trainer.frozen_blocks": [], "arch.batch_norm_eps": 1e-5, "trainer.overfit_batches": 0,
               # an init only: a resumed run takes the auxiliary weights from the checkpoint
               "algorithm.aux_init": "xavier_uniform",
               # variants of FW-DTP's released code (their defaults are the papers' methods)
@@ -386,7 +386,9 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         t = self.typed.trainer
-        factory = lambda: self.data.train_batches(t.batch_size, self.generator, t.limit_train_batches)  # noqa: E731
+        limit = t.overfit_batches or t.limit_train_batches
+        factory = lambda: self.data.train_batches(t.batch_size, self.generator, limit,  # noqa: E731
+                                                  fixed=t.overfit_batches > 0)
         self.algorithm.train()
         if self.learning_signal is not None:
             self.learning_signal.begin_epoch()
@@ -396,7 +398,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device, dtype=self.accumulate_dtype)
         wrong = torch.zeros((), device=self.device, dtype=self.accumulate_dtype)
         n = 0
-        bar = self._progress(self.data.batches_per_epoch(t.batch_size, t.limit_train_batches), epoch)
+        bar = self._progress(self.data.batches_per_epoch(t.batch_size, limit), epoch)
         # diagnostics: every n steps, on the batch about to be trained on, before its update (same
         # weights as the update), in full precision; their time is not training time
         diag_every, measured, diag_seconds = self.typed.diagnostics.every_n_steps, [], 0.0

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import read_metrics, run_config, tiny_overrides
+from conftest import compose, read_metrics, run_config, tiny_overrides
 from omegaconf import OmegaConf
 
 from dtp_bench import run as run_module
@@ -630,3 +630,26 @@ def test_a_full_disk_leaves_no_temp_files_and_a_final_status(data_root, tmp_path
     assert run_config(tiny_overrides(data_root, epochs=2), tmp_path / "job") == FAILED_OBJECTIVE
     assert json.loads((tmp_path / "job" / SUMMARY).read_text())["status"] == "failed"
     monkeypatch.setattr(torch, "save", real_save)
+
+
+def test_debug_overfit_fits_two_fixed_batches(data_root, tmp_path):
+    """debug=overfit trains on the same two batches every epoch; BP must fit them (train error 0)."""
+    overrides = [o for o in tiny_overrides(data_root) if not o.startswith("trainer.epochs")]
+    run_config(overrides + ["debug=overfit", "trainer.epochs=40", "algorithm.optimizer.lr=0.01"], tmp_path / "of")
+    rows = read_metrics(tmp_path / "of")
+    assert len(rows) == 40 and rows[-1]["train_error"] == 0.0 and rows[0]["train_error"] > 0.0
+
+    from dtp_bench.config import validate
+    from dtp_bench.data import DeviceData
+
+    typed = validate(compose(overrides + ["debug=overfit"]))
+    data = DeviceData(typed.dataset, torch.device("cpu"), torch.float32, 0, 0)
+    generator = torch.Generator().manual_seed(0)
+    epochs = [[y for _, y in data.train_batches(16, generator, 2, fixed=True)] for _ in range(2)]
+    assert len(epochs[0]) == 2 and all(torch.equal(a, b) for a, b in zip(*epochs))
+
+
+def test_debug_fast_is_a_few_batches(data_root, tmp_path):
+    overrides = [o for o in tiny_overrides(data_root) if not o.startswith(("trainer.epochs", "trainer.progress"))]
+    run_config(overrides + ["debug=fast", "trainer.progress=off"], tmp_path)
+    assert len(read_metrics(tmp_path)) == 1 and not (tmp_path / "checkpoint.pt").exists()

@@ -17,8 +17,9 @@ from ..config import OptimizerConfig, check, check_choice, check_number_or_list,
 class AlgorithmConfig:
     """Fields every algorithm has: a name and the optimizer of the forward weights."""
 
+    # the implementation that runs (set by the option file; an option may reuse one: dtp_shibuya_code runs dtp)
     name: str = MISSING
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # the forward weights' optimizer
 
     def validate(self, key: str = "algorithm") -> None:
         self.optimizer.validate(f"{key}.optimizer")
@@ -55,12 +56,12 @@ class TargetPropConfig(AlgorithmConfig):
     schedule: str = "parallel"  # parallel: feedback step then forward step on every minibatch;
     #                             alternating: a full epoch of feedback training before each forward epoch
     # ---- the first target
-    first_target: str = "penultimate_gradient"  # Lee et al.: ĥ_{L-1} = h_{L-1} − α ∂L/∂h_{L-1};
+    first_target: str = "penultimate_gradient"  # penultimate_gradient (Lee et al.): ĥ_{L-1} = h_{L-1} − α ∂L/∂h_{L-1};
     #   output_gradient (FW-DTP, L-DRL, DRL): ĥ_L = h_L − β ∂L/∂h_L on the logits;
     #   label (SDTP, AO-SDTP): ĥ_L = the one-hot label (no gradient anywhere)
     target_step: float = 0.1  # α (penultimate_gradient) or β (output_gradient)
-    target_loss_reduction: str = "mean"  # L in the first target: batch-mean CE (Lee's code) or summed
-    #                                      CE (a per-sample step; FW-DTP, L-DRL)
+    target_loss_reduction: str = "mean"  # L in the first target: mean = batch-mean CE (Lee's code) or
+    #                                      sum = summed CE (a per-sample step; FW-DTP, L-DRL)
     # ---- sending targets down
     propagation: str = "difference"  # difference: ĥ_l = h_l + g(ĥ_{l+1}) − g(h_{l+1}); plain (TP): g(ĥ_{l+1})
     feedback: str = "learned"  # learned | fixed_random (FW-DTP) | jacobian_transpose (exact VJP of the
@@ -69,13 +70,15 @@ class TargetPropConfig(AlgorithmConfig):
     #                                     mirror: ops reversed, activation first (Ernoult's invert())
     feedback_activation: str = "same"  # g's output nonlinearity (placement=output): same = that of
     #                                    the block below; or tanh, relu, ..., linear
-    feedback_bias: bool = True
-    feedback_init: str = "xavier_uniform"
-    feedback_init_gain: float = 1.0
+    feedback_bias: bool = True  # whether each feedback function g has a bias
+    feedback_init: str = "xavier_uniform"  # of g's weights: xavier_uniform, xavier_normal, orthogonal,
+    #   kaiming_uniform, kaiming_normal, uniform (U(−gain, gain)) or default (PyTorch's)
+    feedback_init_gain: float = 1.0  # that init's gain (uniform: the bound a of U(−a, a))
     # ---- training the feedback
-    inverse_loss: str = "noise_preserving"  # ‖g(f(h+ε)) − (h+ε)‖² (Lee; Bartunov's DTP) or denoising
-    #                                         ‖g(f(h+ε)) − h‖² (Bartunov's SDTP / AO-SDTP)
+    inverse_loss: str = "noise_preserving"  # noise_preserving: ‖g(f(h+ε)) − (h+ε)‖² (Lee; Bartunov's DTP)
+    #                                         or denoising: ‖g(f(h+ε)) − h‖² (Bartunov's SDTP / AO-SDTP)
     noise: Any = 0.1  # σ of ε ~ N(0, σ²): one value, or one per layer that has a feedback function
+    # the feedback weights' optimizer (lr: one per feedback layer allowed); unused when nothing is learned
     feedback_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     feedback_steps: int = 1  # inverse-loss updates per minibatch
     feedback_pretrain_epochs: int = 0  # epochs of feedback-only training before the first forward epoch
@@ -84,7 +87,7 @@ class TargetPropConfig(AlgorithmConfig):
     local_loss_reduction: str = "batch_mean"  # of ‖h_l − ĥ_l‖²: batch_mean = sum over features, mean
     #                                           over batch; mean = over both; sum = over both
     local_loss_scale: float = 0.5  # 0.5 gives ½‖h − ĥ‖² (gradient h − ĥ)
-    feedback_loss_reduction: str = "batch_mean"
+    feedback_loss_reduction: str = "batch_mean"  # of the feedback (inverse) loss: as local_loss_reduction
     forward_lr_divide_by_step: bool = False  # Meulemans et al.: forward lr / β keeps the step size
     #                                          independent of the target step
     parallel_order: str = "feedback_first"  # feedback_first (Bartunov, FW-DTP, L-DRL): targets use the
@@ -92,8 +95,8 @@ class TargetPropConfig(AlgorithmConfig):
     #   are computed before the feedback step, the forward step comes after it
     target_batch_norm: bool = False  # FW-DTP's BN variant: batch-normalise every propagated target
     # ---- AO-SDTP
-    aux_output_size: int = 0  # auxiliary outputs z: fixed random features of h_{L-1}
-    aux_activation: str = "tanh"
+    aux_output_size: int = 0  # number of auxiliary outputs z: fixed random features of h_{L-1} (0 = none)
+    aux_activation: str = "tanh"  # z's nonlinearity: tanh, relu, leaky_relu, elu, sigmoid or linear
     aux_init: str = "xavier_uniform"  # of the fixed auxiliary weights (Glorot, as Bartunov et al.; default = PyTorch's)
 
     def validate(self, key: str = "algorithm") -> None:
@@ -143,7 +146,7 @@ class DRLConfig(TargetPropConfig):
       different quantity, kept only to reproduce that code's row; algorithm=drl_shibuya_code)."""
 
     name: str = "drl"
-    regression_target: str = "noisy"
+    regression_target: str = "noisy"  # what the reconstruction of h + σε is compared with: noisy or clean h
 
     def validate(self, key: str = "algorithm") -> None:
         super().validate(key)
@@ -168,8 +171,9 @@ class FeedbackAlignmentConfig(AlgorithmConfig):
     feedback_init_gain: multiplies that gain (the scale of the random feedback)."""
 
     name: str = "fa"
-    feedback_init: str = "same_as_forward"
-    feedback_init_gain: float = 1.0
+    feedback_init: str = "same_as_forward"  # how B_l is drawn: same_as_forward (block l's forward scheme
+    #   and gain, with B_l's fans) or xavier_uniform, xavier_normal, orthogonal, kaiming_*, default
+    feedback_init_gain: float = 1.0  # multiplies that gain: the scale of the random feedback
 
     def validate(self, key: str = "algorithm") -> None:
         super().validate(key)
@@ -210,8 +214,10 @@ class ScalingDTPConfig(TargetPropConfig):
     feedback_init: str = "default"
     local_loss_reduction: str = "batch_mean"
     local_loss_scale: float = 0.5
-    feedback_iterations: Any = 20
-    lockstep: bool = True
+    feedback_iterations: Any = 20  # K_i: L-DRL updates of each feedback layer per minibatch; one int or
+    #   one per feedback layer (0 = that layer is never trained)
+    lockstep: bool = True  # true: all layers advance together, closed-form gradients (fast); false: the plain
+    #   per-layer loop, the reference (same result); reference=detached always uses the loop
     reference: str = "attached"  # r = g(s_{i+1}) in both L-DRL terms: attached (Ernoult et al.'s code: the
     #   loss is differentiated through r too) or detached (FW-DTP's released L-DRL; algorithm=l_drl_shibuya_code)
 

@@ -14,13 +14,15 @@ INITS = ("xavier_uniform", "xavier_normal", "orthogonal", "kaiming_uniform", "ka
 class ArchConfig:
     """Fields every architecture shares."""
 
-    name: str = "fc"
-    activation: str = "tanh"  # hidden nonlinearity
+    name: str = "fc"  # the builder: fc, lc, conv, lenet or vgg (set by the option file)
+    activation: str = "tanh"  # hidden nonlinearity: tanh, relu, leaky_relu, elu, sigmoid or linear
     output_activation: str = "linear"  # the logits go to softmax cross-entropy
     negative_slope: float = 0.01  # leaky_relu only
-    bias: bool = True
-    init: str = "xavier_uniform"
-    init_gain: float = 1.0
+    bias: bool = True  # biases in the forward layers
+    init: str = "xavier_uniform"  # of the forward weights: xavier_uniform, xavier_normal, orthogonal,
+    #   kaiming_uniform, kaiming_normal, uniform (U(−gain, gain)) or default (PyTorch's); biases start
+    #   at 0 except with default
+    init_gain: float = 1.0  # that init's gain
     batch_norm: bool = False  # parameter-free batch normalisation after each hidden nonlinearity,
     #                           batch statistics at train and test time (FW-DTP's BN variant)
     batch_norm_eps: float = 1e-5  # (x − mean) / √(var + eps), also in FW-DTP-BN's feedback and targets
@@ -39,7 +41,7 @@ class ArchConfig:
 class FCArchConfig(ArchConfig):
     """Fully connected: input (flattened) → hidden[0] → … → hidden[-1] → classes."""
 
-    hidden: list[int] = field(default_factory=lambda: [256] * 5)
+    hidden: list[int] = field(default_factory=lambda: [256] * 5)  # hidden widths, input side first
 
     def validate(self, key: str = "arch") -> None:
         super().validate(key)
@@ -60,8 +62,9 @@ class LayerStackArchConfig(ArchConfig):
     for ImageNet)."""
 
     name: str = "lc"
+    # [[kernel, channels, stride], ...], one per LC/conv layer (SAME padding); null = the paper's stack
     layers: list[list[int]] | None = None
-    fc_hidden: list[int] | None = None
+    fc_hidden: list[int] | None = None  # widths of the FC layers after them; null = the paper's
 
     def validate(self, key: str = "arch") -> None:
         super().validate(key)
@@ -85,12 +88,12 @@ class ConvPoolArchConfig(ArchConfig):
     name: str = "lenet"
     activation: str = "elu"
     init: str = "default"
-    channels: list[int] = field(default_factory=lambda: [32, 64])
-    kernel_size: int = 5
-    pool_kernel: int = 3
-    pool_stride: int = 2
-    pool_padding: int = 1
-    fc_hidden: list[int] = field(default_factory=lambda: [512])
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # output channels of each conv block
+    kernel_size: int = 5  # conv kernel size (odd; stride 1, 'same' padding)
+    pool_kernel: int = 3  # MaxPool kernel size
+    pool_stride: int = 2  # MaxPool stride
+    pool_padding: int = 1  # MaxPool padding (at most pool_kernel / 2)
+    fc_hidden: list[int] = field(default_factory=lambda: [512])  # widths of the Linear blocks before the output
 
     def validate(self, key: str = "arch") -> None:
         super().validate(key)
