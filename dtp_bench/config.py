@@ -130,6 +130,9 @@ class TrainerConfig:
     # error when trainer.val_size=0, which is then selection on the test set: say so when reporting)
     save_best: bool = False
     progress: str = "auto"  # auto = a tqdm bar only when stdout is a terminal; on; off
+    # TF32 tensor-core matmuls and convolutions on Ampere+ GPUs: faster, ~1e-3 relative error per
+    # product; off = full fp32, as the papers ran. Recorded in summary.json (no effect on CPU)
+    tf32: bool = False
     deterministic: bool = False  # torch.use_deterministic_algorithms (CPU runs are already)
     # forward blocks (0 = first) whose weights are never updated: a control, e.g. every hidden
     # block frozen = only the output block learns, on fixed random features

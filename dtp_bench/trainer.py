@@ -93,9 +93,26 @@ def train_log(run_dir: Path):
             handler.close()
 
 
-def resolve_device(name: str) -> torch.device:
+def sweep_job_index() -> int | None:
+    """This job's number in a multirun (None in a single run or outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return int(hc.job.num) if hc.mode == RunMode.MULTIRUN and hc.job.get("num") is not None else None
+
+
+def resolve_device(name: str, job_index: int | None = None) -> torch.device:
+    """``auto``: CUDA if there is one, else CPU. In a multirun, ``auto`` spreads the jobs over the
+    visible GPUs (job n on cuda:n mod count), so parallel joblib jobs do not all land on cuda:0;
+    a Slurm job sees only its own GPUs (CUDA_VISIBLE_DEVICES) and so gets cuda:0 of those."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        count = torch.cuda.device_count()
+        return torch.device(f"cuda:{job_index % count}" if job_index is not None and count > 1 else "cuda")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -192,6 +209,7 @@ def _config_fingerprint(cfg) -> dict:
 # keys added after checkpoints existed, with the value that reproduces the old behaviour: a
 # checkpoint without the key resumes when the run leaves it there
 ADDED_KEYS = {"trainer.frozen_blocks": [], "arch.batch_norm_eps": 1e-5, "trainer.overfit_batches": 0,
+              "trainer.tf32": False,
               # an init only: a resumed run takes the auxiliary weights from the checkpoint
               "algorithm.aux_init": "xavier_uniform",
               # variants of FW-DTP's released code (their defaults are the papers' methods)
@@ -222,7 +240,11 @@ class Trainer:
         t = typed.trainer
         # set either way: a sweep's jobs share a process, and must not inherit the setting
         torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
-        self.device = resolve_device(t.device)
+        self.device = resolve_device(t.device, sweep_job_index())
+        if self.device.type == "cuda":
+            # set either way (jobs may share a process); off by default: full fp32, as the papers
+            torch.backends.cuda.matmul.allow_tf32 = t.tf32
+            torch.backends.cudnn.allow_tf32 = t.tf32
         if self.device.type == "mps" and t.precision == "fp64":
             raise ConfigError("trainer.precision: MPS has no float64; use fp32 or bf16")
         self.dtype = DTYPES[t.precision]
@@ -312,9 +334,7 @@ class Trainer:
             raise ConfigError(f"resume: {path} says {state['epochs_completed']} epochs completed but holds "
                               f"{len(state['history'])} epochs of metrics; {fix}")
         saved_device = state.get("device_type", self.device.type)
-        if saved_device != self.device.type:
-            raise ConfigError(f"resume: {path} was written on {saved_device} and this run is on "
-                              f"{self.device.type}; its random-number state cannot move; resume on {saved_device}")
+        moved = saved_device != self.device.type
         threads = state.get("threads")
         epochs_left = state["epochs_completed"] < self.typed.trainer.epochs
         if self.device.type == "cpu" and epochs_left and threads is not None and threads != torch.get_num_threads():
@@ -335,9 +355,18 @@ class Trainer:
         if not self._parameters_finite():
             raise ConfigError(f"resume: {path} holds non-finite weights; {fix}")
         torch.set_rng_state(state["rng_cpu"].cpu())
-        if state["rng_cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-        self.generator.set_state(state["rng_data"].cpu())
+        if moved:
+            # weights and optimizer state move (map_location); a device's random streams cannot, so the
+            # data order restarts from a seed derived from the epoch: a valid continuation, not a
+            # bit-identical one
+            self.generator.manual_seed(self.typed.seed * 1_000_003 + state["epochs_completed"])
+            warn(f"resume: {path} was written on {saved_device} and this run is on {self.device.type}: weights and "
+                 f"optimizer state carry over, the random streams (data order, noise) restart from a seed derived "
+                 f"from the epoch, so the rest of the run is not bit-identical to an uninterrupted one")
+        else:
+            if state["rng_cuda"]:
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+            self.generator.set_state(state["rng_data"].cpu())
         self.history = list(state["history"])
         self.best_test_error = state["best_test_error"]
         self.elapsed = state["elapsed"]
@@ -560,6 +589,7 @@ class Trainer:
             "hardware": hardware_description(self.device),
             "host": socket.gethostname(),
             "precision": self.typed.trainer.precision,
+            "tf32": bool(self.typed.trainer.tf32 and self.device.type == "cuda"),
             "data_files": self.data.files,
             "torch_version": torch.__version__,
             "command": " ".join(["python"] + sys.argv),

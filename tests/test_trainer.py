@@ -653,3 +653,36 @@ def test_debug_fast_is_a_few_batches(data_root, tmp_path):
     overrides = [o for o in tiny_overrides(data_root) if not o.startswith(("trainer.epochs", "trainer.progress"))]
     run_config(overrides + ["debug=fast", "trainer.progress=off"], tmp_path)
     assert len(read_metrics(tmp_path)) == 1 and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_moves_between_devices(data_root, tmp_path, capsys):
+    """A checkpoint written on another device type (here: one that says cuda, with a CUDA-sized data
+    generator state) resumes: weights and optimizer state carry over, the streams are re-seeded."""
+    from dtp_bench.trainer import CHECKPOINT, CHECKPOINT_HASH, file_sha256
+
+    overrides = tiny_overrides(data_root, epochs=2)
+    run_config(overrides + ["trainer.epochs=1"], tmp_path)
+    path = tmp_path / CHECKPOINT
+    state = torch.load(path, weights_only=True)
+    weights = {k: v.clone() for k, v in state["algorithm"]["modules"].items()}
+    state.update(device_type="cuda", rng_data=torch.zeros(16, dtype=torch.uint8), rng_cuda=[])
+    torch.save(state, path)
+    (tmp_path / CHECKPOINT_HASH).write_text(file_sha256(path) + "\n")
+    capsys.readouterr()
+    run_config(overrides + ["resume=true"], tmp_path)
+    assert "was written on cuda and this run is on cpu: weights and optimizer state carry over" in capsys.readouterr().err
+    rows = read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    resumed = torch.load(path, weights_only=True)["algorithm"]["modules"]
+    assert any(not torch.equal(weights[k], resumed[k]) for k in weights)  # it trained on from there
+
+
+def test_auto_spreads_sweep_jobs_over_the_gpus(monkeypatch):
+    from dtp_bench.trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [str(resolve_device("auto", n)) for n in (0, 1, 5)] == ["cuda:0", "cuda:1", "cuda:1"]
+    assert str(resolve_device("auto")) == "cuda"  # a single run: the current device
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert str(resolve_device("auto", 3)) == "cuda"
