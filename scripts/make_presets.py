@@ -196,8 +196,10 @@ def bart_algorithm(col: str, row: str, search: bool = False) -> tuple[list[str],
         # mean), while the algorithms' default is ½‖·‖²
         # Algorithm 1 computes every target before it trains the inverses, and the forward weights last
         order = {"parallel_order": "targets_first"} if schedule == "parallel" else {}
+        # one inverse update per minibatch, as Algorithm 1 (our sdtp default takes five: docs/algorithms.md)
         body = {"schedule": schedule, **order, **({"target_step": alpha} if alpha is not None else {}),
-                "noise": sigma, "local_loss_scale": 1.0, "optimizer": adam(*vals[0]), "feedback_optimizer": adam(*inv)}
+                "noise": sigma, "local_loss_scale": 1.0, "feedback_steps": 1, "optimizer": adam(*vals[0]),
+                "feedback_optimizer": adam(*inv)}
     if len(vals) > 1 and vals[2] is not None:
         notes.append("alpha is a per-example step (the algorithm's target_loss_reduction=sum); Lee's code's batch-mean "
                      "loss (=mean) divides it by the batch size, which under Adam's eps starves the hidden layers.")
