@@ -117,3 +117,18 @@ nice -n 10 $PY train.py -m experiment=shibuya2023/fmnist/bp seed=1,2,3 $JOBLIB h
 nice -n 10 $PY train.py -m experiment=shibuya2023/search/fw_dtp trainer.checkpoint=false hydra.sweeper.n_jobs=2 $JOBLIB \
     hydra.sweeper.storage=sqlite:///$RUNS/shibuya2023_search_fmnist_fw_dtp_40x30ep/optuna.db \
     hydra.sweep.dir=$RUNS/shibuya2023_search_fmnist_fw_dtp_40x30ep
+# Issue 17: SDTP at its then-default (Table 5, one inverse update per batch) against its frozen-hidden
+# control and variants, 5 epochs, one thread each, one at a time beside the search above. These ran with
+# feedback_steps=1 as the default; it is now 5 (the fbsteps5 run), so the first line pins it.
+for v in "default algorithm.feedback_steps=1" "pretrain1 algorithm.feedback_steps=1 algorithm.feedback_pretrain_epochs=1" \
+         "noisepres algorithm.feedback_steps=1 algorithm.inverse_loss=noise_preserving" \
+         "fbfirst algorithm.feedback_steps=1 algorithm.parallel_order=feedback_first" "fbsteps5 algorithm.feedback_steps=5" \
+         "frozen algorithm.feedback_steps=1 trainer.frozen_blocks=[0,1,2,3,4]" "lr3e-5 algorithm.feedback_steps=1 algorithm.optimizer.lr=3e-5" \
+         "lr1e-5 algorithm.feedback_steps=1 algorithm.optimizer.lr=1e-5" \
+         "lr3e-5_fb3e-3 algorithm.feedback_steps=1 algorithm.optimizer.lr=3e-5 algorithm.feedback_optimizer.lr=3e-3"; do
+  set -- $v; name=$1; shift
+  OMP_NUM_THREADS=1 $PY train.py algorithm=sdtp trainer.epochs=5 trainer.checkpoint=false trainer.progress=off \
+      trainer.device=cpu "$@" hydra.run.dir=$RUNS/sdtp_defaults_vs_frozen_5ep/$name
+done
+$PY scripts/report.py --runs $RUNS/sdtp_defaults_vs_frozen_5ep --out /tmp/sdtp_report \
+    --group-by algorithm.feedback_steps algorithm.optimizer.lr trainer.frozen_blocks algorithm.inverse_loss
