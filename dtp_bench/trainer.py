@@ -173,8 +173,8 @@ def file_sha256(path: Path) -> str:
 
 # what may legitimately change when a run is resumed: its length, its display and logging, and
 # where the data files live (a resumed SLURM job may read them from another node's scratch disk)
-# and the paper's reference numbers and notes, which only label the run. The device may be named
-# differently (auto, cuda, cuda:1) as long as its type is the same: that is checked on its own.
+# and the paper's reference numbers and notes, which only label the run. The device may change too:
+# within a type (auto, cuda, cuda:1) bit-identically, across types with a warning (try_resume).
 RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "trainer.checkpoint", "trainer.device",
                      "trainer.keep_checkpoint", "trainer.save_best",
                      "logger", "dataset.root", "dataset.download", "reference",
