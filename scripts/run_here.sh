@@ -113,7 +113,8 @@ $PY train.py -m experiment=shibuya2023/search/bp trainer.checkpoint=false traine
 # ... and the BP cell with its lr (7.502e-4), 100 epochs x seeds 1-3, two jobs side by side, niced beside
 # the FW-DTP search below; run in a folder outside the repo and moved here without its checkpoints
 nice -n 10 $PY train.py -m experiment=shibuya2023/fmnist/bp seed=1,2,3 $JOBLIB hydra.sweep.dir=$RUNS/shibuya2023_fmnist_bp_100ep
-# The F-MNIST FW-DTP search at the preset's budget (40 x 30), two trials at a time, resumable (sqlite)
+# The F-MNIST FW-DTP search at the preset's budget (40 x 30), two trials at a time, resumable (sqlite);
+# its best is the 12 x 10 search's trial 6 again, so the FW-DTP cell's values and runs are unchanged
 nice -n 10 $PY train.py -m experiment=shibuya2023/search/fw_dtp trainer.checkpoint=false hydra.sweeper.n_jobs=2 $JOBLIB \
     hydra.sweeper.storage=sqlite:///$RUNS/shibuya2023_search_fmnist_fw_dtp_40x30ep/optuna.db \
     hydra.sweep.dir=$RUNS/shibuya2023_search_fmnist_fw_dtp_40x30ep
