@@ -770,7 +770,8 @@ def report(run_roots: list[Path], out: Path, conf: Path = ROOT / "conf") -> list
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     index = ["# Results", "", f"{len(runs)} run directories read; "
-             f"{sum(1 for r in runs if not r.reference.get('paper'))} without a reference (not tabled).", ""]
+             f"{sum(1 for r in runs if not r.reference.get('paper'))} without a reference (not tabled here; "
+             f"`scripts/report.py --runs ... --group-by KEYS` tables any runs).", ""]
     ran_tables = {k for k, cs in tables.items() if any(c.runs for c in cs)}
     for (paper, table), table_cells in sorted(tables.items()):
         folder = out / slug(paper)
