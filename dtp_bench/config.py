@@ -107,6 +107,7 @@ class OptimizerConfig:
 
 # ---------------------------------------------------------------- groups
 PRECISIONS = ("fp32", "fp64", "bf16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -130,6 +131,9 @@ class TrainerConfig:
     # error when trainer.val_size=0, which is then selection on the test set: say so when reporting)
     save_best: bool = False
     progress: str = "auto"  # auto = a tqdm bar only when stdout is a terminal; on; off
+    # torch.compile of the training step: off, or a torch.compile mode (reduce-overhead captures the
+    # compiled step in CUDA graphs on a GPU); the first steps pay the compilation
+    compile: str = "off"
     # TF32 tensor-core matmuls and convolutions on Ampere+ GPUs: faster, ~1e-3 relative error per
     # product; off = full fp32, as the papers ran. Recorded in summary.json (no effect on CPU)
     tf32: bool = False
@@ -143,6 +147,7 @@ class TrainerConfig:
         check_positive(self.batch_size, f"{key}.batch_size")
         check_positive(self.eval_batch_size, f"{key}.eval_batch_size")
         check_choice(self.precision, f"{key}.precision", PRECISIONS)
+        check_choice(self.compile, f"{key}.compile", COMPILE_MODES)
         check_choice(self.progress, f"{key}.progress", ("auto", "on", "off"))
         check_positive(self.val_size, f"{key}.val_size", allow_zero=True)
         check_positive(self.overfit_batches, f"{key}.overfit_batches", allow_zero=True)

@@ -176,7 +176,7 @@ def file_sha256(path: Path) -> str:
 # and the paper's reference numbers and notes, which only label the run. The device may change too:
 # within a type (auto, cuda, cuda:1) bit-identically, across types with a warning (try_resume).
 RESUME_MAY_CHANGE = ("resume", "trainer.epochs", "trainer.progress", "trainer.checkpoint", "trainer.device",
-                     "trainer.keep_checkpoint", "trainer.save_best",
+                     "trainer.keep_checkpoint", "trainer.save_best", "trainer.compile",
                      "logger", "dataset.root", "dataset.download", "reference",
                      # measurements only: they never change what is trained
                      "diagnostics.learning_signal", "diagnostics.starved_update_ratio",
@@ -268,6 +268,9 @@ class Trainer:
         self.algorithm.to(device=self.device, dtype=self.dtype)
         if t.frozen_blocks:
             self.algorithm.freeze_blocks(t.frozen_blocks)
+        # the same step, traced and compiled (graph breaks fall back to eager, so the maths is unchanged)
+        self.train_step = (self.algorithm.train_step if t.compile == "off"
+                           else torch.compile(self.algorithm.train_step, mode=t.compile))
         d = typed.diagnostics
         # only a fresh run's first updates are checked (try_resume clears the probe)
         self._activation_probe = () if d.activation_growth_limit > 0 else None
@@ -441,7 +444,7 @@ class Trainer:
             if self._activation_probe is not None:
                 self._check_activations(x)
             with self.autocast:
-                loss, logits = self.algorithm.train_step(x, y)
+                loss, logits = self.train_step(x, y)
             # accumulate on the device: no host synchronisation inside the loop
             loss_sum += loss.to(self.accumulate_dtype) * len(y)
             wrong += (logits.argmax(1) != y).sum()
@@ -590,6 +593,7 @@ class Trainer:
             "host": socket.gethostname(),
             "precision": self.typed.trainer.precision,
             "tf32": bool(self.typed.trainer.tf32 and self.device.type == "cuda"),
+            "compile": self.typed.trainer.compile,
             "data_files": self.data.files,
             "torch_version": torch.__version__,
             "command": " ".join(["python"] + sys.argv),

@@ -2,15 +2,16 @@
 minutes, every algorithm × arch trains a few batches through the real runner (data on the device,
 AMP, the Trainer) on Fashion-MNIST-shaped (28×28×1) and CIFAR-shaped (32×32×3) synthetic data in
 the official file formats, in fp32 and bf16, and a BP and an FW-DTP epoch on 60000 F-MNIST-shaped
-images is timed (CUDA-synchronised). Writes results/bench/gpu.json (--out).
+images is timed (CUDA-synchronised), eager and under torch.compile (`trainer.compile`; on CUDA also
+reduce-overhead, which captures the compiled step in CUDA graphs). Writes results/bench/gpu.json.
 
 Without CUDA it says so, runs the CPU part (every algorithm × arch in fp32, the two epochs timed
 on CPU; about 10 minutes on 2 cores) and exits 0, writing results/bench/gpu_check_cpu.json. A
 combination the config refuses (a net that does not fit 28×28 inputs) is recorded as refused with
 its message, not as a failure; a crash or a non-finite loss is a failure (exit 1 if any).
 
-Not measured, because not implemented yet (issue 18): torch.compile, CUDA-graph capture and
-batched runs (K runs in one model); the JSON lists them under "not_implemented"."""
+Not measured, because not implemented yet (issue 18): batched runs (K runs in one model); the JSON
+lists them under "not_implemented"."""
 from __future__ import annotations
 
 import argparse
@@ -92,20 +93,25 @@ def smoke(root: Path, device: str, cuda: bool, work: Path) -> list[dict]:
     return rows
 
 
-def epoch_timings(root: Path, device: str, work: Path) -> list[dict]:
+def epoch_timings(root: Path, device: str, work: Path, cuda: bool) -> list[dict]:
+    """Two epochs each (the first pays compilation), eager and compiled; on CUDA also reduce-overhead
+    (the compiled step captured in CUDA graphs)."""
     rows = []
+    modes = ["off", "default"] + (["reduce-overhead"] if cuda else [])
     for algorithm in ("bp", "fw_dtp"):
-        overrides = [f"algorithm={algorithm}", "arch=fc", "dataset=fmnist", f"dataset.root={root}",
-                     "dataset.download=false", f"trainer.device={device}", "trainer.epochs=2",
-                     "trainer.checkpoint=false", "trainer.progress=off"]
-        result = one_run(overrides, work / f"epoch-{algorithm}")
-        metrics = [json.loads(line) for line in (work / f"epoch-{algorithm}" / "metrics.jsonl").open()] \
-            if (work / f"epoch-{algorithm}" / "metrics.jsonl").exists() else []
-        rows.append({"algorithm": algorithm, "arch": "fc 784-256x5-10", "examples": 60000, "batch_size":
-                     compose(overrides).trainer.batch_size, "status": result["status"],
-                     "epoch_seconds": [m.get("epoch_seconds") for m in metrics],
-                     "variant": "eager (compile / CUDA graphs / batched runs: not implemented)"})
-        print(f"epoch {algorithm}: {rows[-1]['epoch_seconds']} s", flush=True)
+        for mode in modes:
+            overrides = [f"algorithm={algorithm}", "arch=fc", "dataset=fmnist", f"dataset.root={root}",
+                         "dataset.download=false", f"trainer.device={device}", "trainer.epochs=2",
+                         f"trainer.compile={mode}", "trainer.checkpoint=false", "trainer.progress=off"]
+            folder = work / f"epoch-{algorithm}-{mode}"
+            result = one_run(overrides, folder)
+            metrics = ([json.loads(line) for line in (folder / "metrics.jsonl").open()]
+                       if (folder / "metrics.jsonl").exists() else [])
+            rows.append({"algorithm": algorithm, "arch": "fc 784-256x5-10", "examples": 60000,
+                         "batch_size": compose(overrides).trainer.batch_size, "compile": mode,
+                         "status": result["status"], "epoch_seconds": [m.get("epoch_seconds") for m in metrics],
+                         "message": result.get("message", "")})
+            print(f"epoch {algorithm} compile={mode}: {rows[-1]['epoch_seconds']} s", flush=True)
     return rows
 
 
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         timings = []
         if not args.skip_epochs:
             write_data(full, n_fmnist=60000)
-            timings = epoch_timings(full, device, tmp / "runs")
+            timings = epoch_timings(full, device, tmp / "runs", cuda)
     failed = [r for r in rows if r["status"] not in ("completed", "refused")]
     failed += [t for t in timings if t["status"] != "completed"]
     report = {
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "counts": {s: sum(r["status"] == s for r in rows) for s in ("completed", "refused", "failed", "diverged")},
         "smoke": rows, "epochs": timings,
-        "not_implemented": ["torch.compile", "CUDA graphs", "batched runs (trainer.parallel_runs)"],
+        "not_implemented": ["batched runs (trainer.parallel_runs)"],
         "data": "synthetic images written in the official IDX / CIFAR pickle formats (no real data)",
     }
     if args.out is None:

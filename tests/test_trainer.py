@@ -686,3 +686,16 @@ def test_auto_spreads_sweep_jobs_over_the_gpus(monkeypatch):
     assert str(resolve_device("auto")) == "cuda"  # a single run: the current device
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert str(resolve_device("auto", 3)) == "cuda"
+
+
+def test_a_compiled_step_trains_as_the_eager_one(data_root, tmp_path):
+    """trainer.compile=default wraps the training step in torch.compile: the same metrics as eager,
+    up to float32 reassociation by the compiler (tolerance 1e-3 points of error, 1e-4 of loss)."""
+    overrides = tiny_overrides(data_root, epochs=2)
+    run_config(overrides, tmp_path / "eager")
+    run_config(overrides + ["trainer.compile=default"], tmp_path / "compiled")
+    eager, compiled = read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")
+    for a, b in zip(eager, compiled):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["test_error"] == pytest.approx(a["test_error"], abs=1e-3)
+    assert json.loads((tmp_path / "compiled" / SUMMARY).read_text())["compile"] == "default"
