@@ -57,6 +57,8 @@ bench: $(STAMP) data
 # the committed tables and figures, from the committed runs (your own runs: scripts/report.py -> reports/)
 report: $(STAMP)
 	$(PY) scripts/report.py --runs results/runs --out results
+	$(PY) scripts/report.py --runs results/runs/defaults_vs_frozen_fmnist_10ep --out results/defaults_vs_frozen \
+		--group-by algorithm trainer.frozen_blocks
 
 # regenerate conf/experiment/** from the paper tables in scripts/make_presets.py
 presets: $(STAMP)

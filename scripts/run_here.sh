@@ -133,3 +133,8 @@ for v in "default algorithm.feedback_steps=1" "pretrain1 algorithm.feedback_step
 done
 $PY scripts/report.py --runs $RUNS/sdtp_defaults_vs_frozen_5ep --out /tmp/sdtp_report \
     --group-by algorithm.feedback_steps algorithm.optimizer.lr trainer.frozen_blocks algorithm.inverse_loss
+# Issue 17: every algorithm at its defaults against its frozen-hidden control, 10 epochs on F-MNIST
+# (default FC net), two jobs side by side, 1 thread each; tabled by `make report` in results/defaults_vs_frozen/
+$PY train.py -m algorithm=bp,fa,dfa,tp,dtp,sdtp,ao_sdtp,fw_dtp,drl,scaling_dtp,l_drl \
+    'trainer.frozen_blocks=[],[0,1,2,3,4]' dataset=fmnist trainer.epochs=10 trainer.checkpoint=false $JOBLIB \
+    hydra.sweep.dir=$RUNS/defaults_vs_frozen_fmnist_10ep
