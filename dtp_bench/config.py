@@ -40,6 +40,18 @@ def check_positive(value: Any, key: str, allow_zero: bool = False) -> None:
     check(ok, key, f"must be {bound}, got {value!r}")
 
 
+def nest(dotted: dict) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}"""
+    out: dict = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def per_layer(value: Any, n_layers: int, key: str, allow_zero: bool = True) -> list[float]:
     """A hyperparameter given as one number or as a list with one value per layer (forward order)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

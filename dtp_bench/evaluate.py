@@ -11,21 +11,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from . import schemas  # noqa: F401  (the typed schemas, to rebuild a typed config)
-from .config import ConfigError, validate
+from .config import ConfigError, nest, validate
 from .trainer import BEST_CHECKPOINT, CHECKPOINT, CHECKPOINT_HASH, Trainer, file_sha256
 
 SCHEMA_OF = {"trainer": "trainer/default_schema", "dataset": "dataset/base_schema", "logger": "logger/base_schema"}
-
-
-def _unflatten(flat: dict) -> dict:
-    nested: dict = {}
-    for dotted, value in flat.items():
-        node = nested
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return nested
 
 
 def typed_config(plain: dict) -> DictConfig:
@@ -55,7 +44,7 @@ def load_run_config(run_dir: Path, state: dict) -> DictConfig:
     if hydra_config.exists():
         plain = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=True)
     else:
-        plain = _unflatten(json.loads(state["config"]))
+        plain = nest(json.loads(state["config"]))
     return typed_config(plain)
 
 

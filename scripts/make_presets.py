@@ -17,6 +17,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dtp_bench.config import nest  # light: no torch
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "conf" / "experiment"
 CHOSEN_DIR = Path(__file__).resolve().parent / "chosen"  # hyperparameters chosen by our searches (YAML)
@@ -398,18 +400,6 @@ FW_FEEDBACK_LOSS_ROWS = {
 def fw_search_name(col: str, row: str) -> str:
     """The search preset of a cell; F-MNIST's keep the names their committed runs were made under."""
     return f"shibuya2023/search/{row}" if col == "fmnist" else f"shibuya2023/search/{col}/{row}"
-
-
-def nest(dotted: dict) -> dict:
-    """{"a.b": 1} -> {"a": {"b": 1}}"""
-    out: dict = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
 
 
 def fw_cell(col: str, row: str, search: bool = False) -> None:

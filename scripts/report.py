@@ -428,10 +428,7 @@ def short_label(text: str) -> str:
 
 
 def learning_curves(cells: list[Cell], title: str, path: Path) -> bool:
-    """Mean test-error curve per cell with a ±1 std band over its seeds; at most MAX_LEGEND cells
-    per panel (further panels below), integer epoch ticks."""
-    from matplotlib.ticker import MaxNLocator
-
+    """Mean test-error curve per cell with a ±1 std band over its seeds (band_panels)."""
     metric = cells[0].ref.get("metric", "test_error")
     accuracy = is_accuracy(metric)
     curves = []
@@ -446,6 +443,16 @@ def learning_curves(cells: list[Cell], title: str, path: Path) -> bool:
         curves.append((label, epochs, mean, std, n))
     if not curves:
         return False
+    band_panels(curves, "test accuracy (%)" if accuracy else "test error (%)",
+                title + " (mean ± std over seeds)", path, legend_size=6)
+    return True
+
+
+def band_panels(curves: list[tuple], ylabel: str, title: str, path: Path, legend_size: int = 7) -> None:
+    """Curves (label, epochs, mean, std, n) with a ±1 std band where n > 1, at most MAX_LEGEND per
+    panel (further panels below), legends beside the curves, integer epoch ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     panels = [curves[i:i + MAX_LEGEND] for i in range(0, len(curves), MAX_LEGEND)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4.5 * len(panels)), squeeze=False)
@@ -457,13 +464,12 @@ def learning_curves(cells: list[Cell], title: str, path: Path) -> bool:
                 ax.fill_between(epochs, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
                                 color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)" if accuracy else "test error (%)")
+        ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over, the curves
-    axes[0, 0].set_title(title + " (mean ± std over seeds)", fontsize=9)
+        ax.legend(fontsize=legend_size, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over
+    axes[0, 0].set_title(title, fontsize=9)
     save(fig, path)
-    return True
 
 
 def histograms(cells: list[Cell], title: str, path: Path) -> bool:
@@ -704,32 +710,18 @@ def band_curve(runs: list[Run], metric: str = "test_error") -> tuple[list[int], 
 
 
 def group_curves(groups: dict[tuple, list[Run]], keys: list[str], path: Path, metric: str = "test_error") -> bool:
-    """Mean curves with a ±1 std band over seeds, at most MAX_LEGEND groups per panel."""
-    from matplotlib.ticker import MaxNLocator
-
-    curves = [(values, *band_curve([r for r in runs if r.status == "completed"], metric),
-               sum(r.status == "completed" for r in runs)) for values, runs in groups.items()]
-    curves = [c for c in curves if c[1]]
+    """Mean curves with a ±1 std band over seeds, one per group (band_panels)."""
+    curves = []
+    for values, runs in groups.items():
+        done = [r for r in runs if r.status == "completed"]
+        epochs, mean, std = band_curve(done, metric)
+        if epochs:
+            label = ", ".join(f"{k}={v}" for k, v in zip(keys, values)) + f" (n={len(done)})"
+            curves.append((label, epochs, mean, std, len(done)))
     if not curves:
         return False
-    plt = _pyplot()
-    panels = [curves[i:i + MAX_LEGEND] for i in range(0, len(curves), MAX_LEGEND)]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 4.2 * len(panels)), squeeze=False)
-    for ax, panel in zip(axes[:, 0], panels):
-        for index, (values, epochs, mean, std, n) in enumerate(panel):
-            label = ", ".join(f"{k}={v}" for k, v in zip(keys, values)) + f" (n={n})"
-            line, = ax.plot(epochs, mean, label=label, linestyle=line_style(index),
-                            marker="." if len(epochs) < 30 else None)
-            if n > 1:
-                ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                color=line.get_color(), alpha=0.15, linewidth=0)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric.replace("_", " ") + " (%)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    axes[0, 0].set_title(f"{metric.replace('_', ' ')} by {', '.join(keys)}: mean ± std over seeds", fontsize=9)
-    save(fig, path)
+    name = metric.replace("_", " ")
+    band_panels(curves, name + " (%)", f"{name} by {', '.join(keys)}: mean ± std over seeds", path)
     return True
 
 
