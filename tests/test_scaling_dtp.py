@@ -64,7 +64,7 @@ def test_ldrl_loss_matches_a_hand_computation():
     x = torch.randn(7, 3, dtype=torch.float64)
     with torch.no_grad():
         y, ctx = net.blocks[i].forward_ctx(x)
-    layer = _Layer(i, 1, 0.3, x, y, ctx, torch.Generator().manual_seed(11))
+    layer = _Layer(i, 1, 0.3, x, y, ctx, [torch.Generator().manual_seed(11)])
     loss = algo.ldrl_loss(layer)
 
     gen = torch.Generator().manual_seed(11)
@@ -90,14 +90,14 @@ def test_closed_form_gradient_equals_autograd_of_the_loss(block):
     x = torch.randn(6, 3, 12, 12, dtype=torch.float64)
     with torch.no_grad():
         hs, ctxs = net.activations_ctx(x)
-    layer = _Layer(block, 1, 0.3, hs[block], hs[block + 1], ctxs[block], torch.Generator().manual_seed(3))
+    layer = _Layer(block, 1, 0.3, hs[block], hs[block + 1], ctxs[block], [torch.Generator().manual_seed(3)])
     g.zero_grad(set_to_none=True)
     algo.ldrl_loss(layer).backward()
     expected_w, expected_b = g.weight_op.weight.grad.clone(), g.weight_op.bias.grad.clone()
 
     split = _ClosedForm.split(g)
     assert split is not None, "LeNet's mirrored feedback blocks must take the fast path"
-    layer.generator.manual_seed(3)
+    layer.generators[0].manual_seed(3)
     fast = _ClosedForm(*split, net.blocks[block], layer)
     with torch.no_grad():
         got = fast.grad(layer, lambda y, x: y)
@@ -289,7 +289,7 @@ def test_detached_reference_drops_r_from_the_gradient():
         x = torch.randn(7, 3, dtype=torch.float64)
         with torch.no_grad():
             y, ctx = net.blocks[1].forward_ctx(x)
-        layer = _Layer(1, 1, 0.3, x, y, ctx, torch.Generator().manual_seed(11))
+        layer = _Layer(1, 1, 0.3, x, y, ctx, [torch.Generator().manual_seed(11)])
         (grad,) = torch.autograd.grad(algo.ldrl_loss(layer), g.weight_op.weight)
         grads[reference] = grad
         if reference == "detached":

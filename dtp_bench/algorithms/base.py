@@ -15,6 +15,7 @@ from torch import nn
 from ..config import ConfigError
 from ..data import BatchFactory
 from ..nn.blocks import Network, count_parameters
+from ..nn.stacked import by_run
 from ..optim import build_optimizer, build_schedule
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
@@ -49,6 +50,25 @@ class Algorithm(nn.Module):
         self.epochs = epochs
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedules: dict[str, Any] = {}
+        # batched runs (dtp_bench/parallel.py): K runs folded into the batch axis, each drawing its
+        # noise from its own streams; a single run has runs = 1 and the global random streams
+        self.runs = 1
+        self.streams = None
+
+    # ------------------------------------------------------------ randomness and losses, per run
+    def randn_like(self, t: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like ``t``; with K runs each run's rows come from its own stream."""
+        return torch.randn_like(t) if self.streams is None else self.streams.randn_like(t)
+
+    def random_seeds(self, n: int) -> list[list[int]]:
+        """``n`` seeds for private generators, one list per run, from each run's CPU stream."""
+        if self.streams is None:
+            return [torch.randint(0, 2 ** 62, (n,), dtype=torch.int64).tolist()]
+        return self.streams.seeds(n)
+
+    def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The task loss reduced over each run's batch (a scalar for one run, ``(K,)`` for K)."""
+        return cross_entropy(logits, y, reduction, self.runs)
 
     # ------------------------------------------------------------ set-up helpers
     def add_optimizer(self, key: str, optimizer: torch.optim.Optimizer, opt_cfg) -> torch.optim.Optimizer:
@@ -83,7 +103,7 @@ class Algorithm(nn.Module):
     # ------------------------------------------------------------ what the trainer calls
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Update on one batch. Returns (mean task loss, logits), both detached, computed on the
-        forward pass the update used."""
+        forward pass the update used (with K runs: the loss per run, ``(K,)``)."""
         optimizer = self.optimizers["forward"]
         optimizer.zero_grad(set_to_none=True)
         loss, logits = self.forward_update(x, y)
@@ -145,7 +165,11 @@ class Algorithm(nn.Module):
             schedule.load_state_dict(state["schedules"][key])
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", runs: int = 1) -> torch.Tensor:
+    """Cross-entropy, mean or sum over the batch; with ``runs`` > 1 over each run's rows (``(K,)``)."""
     # float32 at least: bf16 log-softmax loses the small differences targets are made of
-    return nn.functional.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits,
-                                       y, reduction=reduction)
+    logits = logits.float() if logits.dtype == torch.bfloat16 else logits
+    if runs == 1:
+        return nn.functional.cross_entropy(logits, y, reduction=reduction)
+    per_sample = by_run(nn.functional.cross_entropy(logits, y, reduction="none"), runs)
+    return per_sample.mean(1) if reduction == "mean" else per_sample.sum(1)

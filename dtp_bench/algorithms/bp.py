@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Algorithm, cross_entropy, register_algorithm
+from .base import Algorithm, register_algorithm
 
 
 @register_algorithm("bp")
@@ -14,6 +14,6 @@ class Backprop(Algorithm):
 
     def forward_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.network(x)
-        loss = cross_entropy(logits, y)
-        loss.backward()
+        loss = self.cross_entropy(logits, y)
+        loss.sum().backward()  # one run: the loss itself; K runs: each run's gradient is its own
         return loss.detach(), logits.detach()

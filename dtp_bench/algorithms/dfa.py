@@ -17,7 +17,8 @@ import math
 import torch
 
 from ..nn.blocks import init_weight
-from .base import cross_entropy, register_algorithm
+from ..nn.stacked import by_run
+from .base import register_algorithm
 from .fa import FixedFeedbackAlgorithm, resolve_init
 
 
@@ -36,9 +37,15 @@ class DirectFeedbackAlignment(FixedFeedbackAlgorithm):
     def forward_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hs = self.network.activations(x, detach_inputs=True)
         logits, hidden = hs[-1], hs[1:-1]
-        loss = cross_entropy(logits, y)
-        (error,) = torch.autograd.grad(loss, logits)
+        loss = self.cross_entropy(logits, y)
+        (error,) = torch.autograd.grad(loss.sum(), logits)
         # one matmul per hidden layer, then a single backward pass through all blocks at once
-        grads = [(error @ matrix.to(error.dtype)).view_as(h) for h, matrix in zip(hidden, self.feedback)]
+        grads = [self.project(error, matrix).view_as(h) for h, matrix in zip(hidden, self.feedback)]
         torch.autograd.backward([logits, *hidden], [error, *grads])
         return loss.detach(), logits.detach()
+
+    def project(self, error: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """e B_l; with K runs, B_l is ``(K, n_classes, |h_l|)`` and each run uses its own."""
+        if self.runs == 1:
+            return error @ matrix.to(error.dtype)
+        return torch.bmm(by_run(error, self.runs), matrix.to(error.dtype)).flatten(0, 1)

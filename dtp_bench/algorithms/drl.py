@@ -21,7 +21,7 @@ class DifferenceReconstruction(TargetPropagation):
         hs = [h.detach() for h in hs]
         for i in self.feedback_blocks:
             sigma = self.noise[i]
-            noisy = hs[i] + sigma * torch.randn_like(hs[i])
+            noisy = hs[i] + sigma * self.randn_like(hs[i])
             with torch.no_grad():  # up to the first-target level, then down to h_{i+1}: no gradient
                 below, upper = None, noisy
                 for k in range(i, self.first_level):
@@ -32,5 +32,6 @@ class DifferenceReconstruction(TargetPropagation):
             # the same difference-corrected step that sends targets down; only g_i gets this gradient
             reconstruction = self.propagate(i, upper, hs, ctxs)
             reference = noisy if self.cfg.regression_target == "noisy" else hs[i]
-            total = total + squared_error(reconstruction, reference, self.cfg.feedback_loss_reduction) / sigma ** 2
+            total = total + squared_error(reconstruction, reference, self.cfg.feedback_loss_reduction,
+                                          runs=self.runs) / sigma ** 2
         return total

@@ -21,7 +21,8 @@ from torch import nn
 
 from ..nn.blocks import Block, forward_init_scheme, init_layer
 from ..nn.lc import LocallyConnected2d, locally_connected
-from .base import Algorithm, cross_entropy, register_algorithm
+from ..nn.stacked import StackedLinear, stacked_linear_fa
+from .base import Algorithm, register_algorithm
 
 
 # ---------------------------------------------------------------- fixed random matrices
@@ -113,6 +114,8 @@ def feedback_aligned(op: nn.Module, x: torch.Tensor, feedback: torch.Tensor) -> 
     """``op(x)`` with the error sent back through ``feedback`` instead of ``op.weight``."""
     if isinstance(op, nn.Linear):
         return LinearFA.apply(x, op.weight, op.bias, feedback)
+    if isinstance(op, StackedLinear):  # batched runs: B is (K, out, in)
+        return stacked_linear_fa(op, x, feedback)
     if isinstance(op, nn.Conv2d):
         return Conv2dFA.apply(x, op.weight, op.bias, feedback, op)
     if isinstance(op, LocallyConnected2d):
@@ -120,7 +123,7 @@ def feedback_aligned(op: nn.Module, x: torch.Tensor, feedback: torch.Tensor) -> 
     raise NotImplementedError(f"feedback alignment has no rule for {op.__class__.__name__}")
 
 
-SUPPORTED_OPS = (nn.Linear, nn.Conv2d, LocallyConnected2d)
+SUPPORTED_OPS = (nn.Linear, nn.Conv2d, LocallyConnected2d, StackedLinear)
 
 
 def random_feedback_like(op: nn.Module, scheme: str, gain: float) -> torch.Tensor:
@@ -145,8 +148,8 @@ class FeedbackAlignment(FixedFeedbackAlgorithm):
     def forward_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block, feedback in zip(self.network.blocks, self.feedback):
             x = _block_forward_fa(block, x, feedback)
-        loss = cross_entropy(x, y)
-        loss.backward()
+        loss = self.cross_entropy(x, y)
+        loss.sum().backward()
         return loss.detach(), x.detach()
 
 

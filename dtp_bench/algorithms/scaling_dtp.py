@@ -39,7 +39,8 @@ Two implementations of step 2 (``lockstep``):
      against f plus three g passes and their backward for the literal loss. Other feedback
      blocks (placement=output, locally connected ops, replaced modules) fall back to the literal
      loss, summed over layers with one backward per iteration.
-  Noise comes from one torch.Generator per layer, seeded from the global stream once per batch,
+  Noise comes from one torch.Generator per layer (per layer and run, for batched runs), seeded from
+  the run's stream once per batch,
   and each layer draws dx then dy per iteration, so both implementations consume the same random
   numbers and give the same result up to rounding (tests/test_scaling_dtp.py checks it).
 
@@ -56,6 +57,7 @@ from torch import nn
 
 from ..config import ConfigError, per_layer
 from ..nn.blocks import Block, FeedbackBlock, MaxUnpool, run_feedback_ops, run_ops_ctx
+from ..nn.stacked import StackedLinear, linear_no_bias, per_run_sum
 from ..optim import build_optimizer
 from .base import register_algorithm
 from .target_prop import Forward, TargetPropagation
@@ -77,7 +79,7 @@ class _Layer:
     x: torch.Tensor  # s_i, the block's input
     y: torch.Tensor  # s_{i+1} as g_i reads it
     ctx: dict  # clean forward context (pooling indices)
-    generator: torch.Generator
+    generators: list[torch.Generator]  # one per run (batched runs: K; a single run: 1)
     fast: _ClosedForm | None = None
 
 
@@ -104,7 +106,7 @@ class _ClosedForm:
         if type(op) is nn.ConvTranspose2d:
             if op.groups != 1 or op.padding_mode != "zeros":
                 return None
-        elif type(op) is not nn.Linear:
+        elif type(op) not in (nn.Linear, StackedLinear):
             return None
         if not all(isinstance(o, RESHAPE_OPS) for o in ops[w + 1:]):
             return None
@@ -124,14 +126,16 @@ class _ClosedForm:
     def product(self, u: torch.Tensor) -> torch.Tensor:
         """W·u without the bias."""
         op = self.op
-        if isinstance(op, nn.Linear):
-            return F.linear(u, op.weight)
+        if isinstance(op, (nn.Linear, StackedLinear)):
+            return linear_no_bias(op, u)
         return F.conv_transpose2d(u, op.weight, None, op.stride, op.padding, op.output_padding,
                                   op.groups, op.dilation)
 
     def weight_grad(self, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """∂⟨c, W·u⟩/∂W."""
         op = self.op
+        if isinstance(op, StackedLinear):
+            return op.weight_grad(c, u)
         if isinstance(op, nn.Linear):
             return c.reshape(-1, c.shape[-1]).T @ u.reshape(-1, u.shape[-1])
         return torch.ops.aten.convolution_backward(
@@ -141,12 +145,12 @@ class _ClosedForm:
     def grad(self, layer: _Layer, lifted) -> torch.Tensor:
         """∂loss/∂W for one iteration; draws dx then dy from the layer's generator. ``lifted(y, x)``
         maps the block's output to what g reads (the engine's ``lifted``)."""
-        sigma, batch = layer.sigma, layer.x.shape[0]
-        noise_x = _noise(layer.x, layer.generator)  # dx = σ·noise_x, never materialised
+        sigma, batch = layer.sigma, layer.x.shape[0] // len(layer.generators)  # each run's batch
+        noise_x = _noise(layer.x, layer.generators)  # dx = σ·noise_x, never materialised
         x_noisy = torch.add(layer.x, noise_x, alpha=sigma)
         y_noisy, ctx_noisy = self.forward_ctx(x_noisy)
         y_noisy = lifted(y_noisy, x_noisy)
-        y_shifted = torch.add(layer.y, _noise(layer.y, layer.generator), alpha=sigma)
+        y_shifted = torch.add(layer.y, _noise(layer.y, layer.generators), alpha=sigma)
         u1 = self.apply_pre(y_noisy, ctx_noisy).sub_(self.p0)
         u2 = self.apply_pre(y_shifted, layer.ctx).sub_(self.p0)
         v = self.product(u2)
@@ -197,15 +201,16 @@ class ScalingDTP(TargetPropagation):
         r = g(y, ctx)  # clean indices
         if self.cfg.reference == "detached":  # FW-DTP's code: r is a constant of the loss
             r = r.detach()
-        dx = sigma * _noise(x, layer.generator)
+        dx = sigma * _noise(x, layer.generators)
         with torch.no_grad():
             y_noise, ctx_noise = self.network.blocks[i].forward_ctx(x + dx)
             y_noise = self.lifted(i, y_noise, x + dx)
         dr = g(y_noise, ctx_noise) - r  # the noisy pass's indices
-        dy = sigma * _noise(y, layer.generator)
+        dy = sigma * _noise(y, layer.generators)
         dr_y = g(y + dy, ctx) - r  # clean indices
-        batch = x.shape[0]
-        return -2.0 * (dx * dr).sum() / batch + dr_y.pow(2).sum() / batch
+        runs = len(layer.generators)
+        batch = x.shape[0] // runs  # each run's batch; K runs: one loss per run
+        return -2.0 * per_run_sum(dx * dr, runs) / batch + per_run_sum(dr_y.pow(2), runs) / batch
 
     # ------------------------------------------------------------ feedback training
     def prepare_layers(self, x: torch.Tensor, forward: Forward | None = None) -> list[_Layer]:
@@ -215,17 +220,16 @@ class ScalingDTP(TargetPropagation):
             with torch.no_grad():
                 forward = self.network.activations_ctx(x, detach_inputs=True)
         hs, ctxs = [h.detach() for h in forward[0]], forward[1]
-        seeds = torch.randint(0, 2 ** 62, (len(self.feedback_blocks),), dtype=torch.int64).tolist()
+        seeds = self.random_seeds(len(self.feedback_blocks))  # per run, one per layer
         layers = []
-        for i, seed in zip(self.feedback_blocks, seeds):
+        for n, i in enumerate(self.feedback_blocks):
             if self.iterations[i] == 0:
                 continue
-            generator = torch.Generator(device=x.device)
-            generator.manual_seed(seed)
+            generators = [torch.Generator(device=x.device).manual_seed(run_seeds[n]) for run_seeds in seeds]
             with torch.no_grad():
                 y = self.lifted(i, hs[i + 1], hs[i])
             layers.append(_Layer(i, self.iterations[i], self.noise[i], hs[i].detach(), y.detach(),
-                                 ctxs[i], generator))
+                                 ctxs[i], generators))
         return layers
 
     def train_feedback(self, x: torch.Tensor, y: torch.Tensor, forward: Forward | None = None) -> None:
@@ -243,7 +247,7 @@ class ScalingDTP(TargetPropagation):
         for layer in layers:
             for _ in range(layer.iterations):
                 optimizer.zero_grad(set_to_none=True)
-                self.ldrl_loss(layer).backward()
+                self.ldrl_loss(layer).sum().backward()
                 optimizer.step()
 
     def _train_lockstep(self, layers: list[_Layer], optimizer: torch.optim.Optimizer) -> None:
@@ -265,7 +269,7 @@ class ScalingDTP(TargetPropagation):
                 with torch.no_grad():
                     self._closed_form_step(layer, bias_zeros)
             if literal is not None:
-                literal.backward()
+                literal.sum().backward()
             optimizer.step()
 
     def _closed_form_step(self, layer: _Layer, bias_zeros: dict) -> None:
@@ -279,5 +283,9 @@ class ScalingDTP(TargetPropagation):
             bias.grad = bias_zeros[i]  # exactly zero: a step keeps its momentum state consistent
 
 
-def _noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+def _noise(like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``; run k's rows from ``generators[k]``."""
+    if len(generators) == 1:
+        return torch.randn(like.shape, generator=generators[0], device=like.device, dtype=like.dtype)
+    chunk = (like.shape[0] // len(generators), *like.shape[1:])
+    return torch.cat([torch.randn(chunk, generator=g, device=like.device, dtype=like.dtype) for g in generators])

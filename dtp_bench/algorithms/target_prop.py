@@ -23,15 +23,24 @@ from torch import nn
 
 from ..config import ConfigError, per_layer
 from ..nn.blocks import BatchNormNoAffine, FeedbackBlock, init_bias, init_weight, make_activation
+from ..nn.stacked import by_run, cat_runs, split_runs
 from ..optim import build_per_layer_optimizer
-from .base import Algorithm, cross_entropy, register_algorithm
+from .base import Algorithm, register_algorithm
 
 Forward = tuple[list[torch.Tensor], list[dict]]  # (h_0 … h_L, each block's forward context)
 
 
-def squared_error(h: torch.Tensor, target: torch.Tensor, reduction: str, scale: float = 1.0) -> torch.Tensor:
-    """scale·‖h − target‖² reduced as configured (see TargetPropConfig.local_loss_reduction)."""
+def squared_error(h: torch.Tensor, target: torch.Tensor, reduction: str, scale: float = 1.0,
+                  runs: int = 1) -> torch.Tensor:
+    """scale·‖h − target‖² reduced as configured (see TargetPropConfig.local_loss_reduction); with
+    ``runs`` > 1 reduced over each run's rows, one value per run."""
     diff = (h - target).float() if h.dtype == torch.bfloat16 else h - target
+    if runs > 1:
+        per_sample = by_run(diff.pow(2).flatten(1), runs)  # (K, B, features)
+        if reduction == "mean":
+            return scale * per_sample.flatten(1).mean(1)
+        per_sample = per_sample.sum(2)
+        return scale * (per_sample.mean(1) if reduction == "batch_mean" else per_sample.sum(1))
     if reduction == "mean":
         return scale * diff.pow(2).mean()
     per_sample = diff.pow(2).flatten(1).sum(1)
@@ -139,13 +148,13 @@ class TargetPropagation(Algorithm):
         total = hs[0].new_zeros(())
         for i in self.feedback_blocks:
             h = hs[i].detach()
-            noisy = h + self.noise[i] * torch.randn_like(h)
+            noisy = h + self.noise[i] * self.randn_like(h)
             with torch.no_grad():  # the inverse loss trains g_i only
                 y, ctx = self.network.blocks[i].forward_ctx(noisy)
                 y = self.lifted(i, y, noisy)
             reconstruction = self.feedback[str(i)](y, ctx)
             reference = noisy if cfg.inverse_loss == "noise_preserving" else h
-            total = total + squared_error(reconstruction, reference, cfg.feedback_loss_reduction)
+            total = total + squared_error(reconstruction, reference, cfg.feedback_loss_reduction, runs=self.runs)
         return total
 
     def train_feedback(self, x: torch.Tensor, y: torch.Tensor, forward: Forward | None = None) -> None:
@@ -160,7 +169,7 @@ class TargetPropagation(Algorithm):
         hs, ctxs = [h.detach() for h in forward[0]], forward[1]
         for _ in range(self.cfg.feedback_steps):
             optimizer.zero_grad(set_to_none=True)
-            self.feedback_loss(hs, ctxs).backward()
+            self.feedback_loss(hs, ctxs).sum().backward()  # K runs: one loss per run
             optimizer.step()
 
     def feedback_loss(self, hs: list[torch.Tensor], ctxs: list[dict]) -> torch.Tensor:
@@ -191,8 +200,8 @@ class TargetPropagation(Algorithm):
         with torch.enable_grad():
             h = hs[level].detach().requires_grad_(True)
             logits = h if level == len(self.network) else self.network.blocks[-1](h)
-            loss = cross_entropy(logits, y, reduction=cfg.target_loss_reduction)
-            (grad,) = torch.autograd.grad(loss, h)
+            loss = self.cross_entropy(logits, y, reduction=cfg.target_loss_reduction)
+            (grad,) = torch.autograd.grad(loss.sum(), h)
         return (h - cfg.target_step * grad).detach()
 
     def propagate(self, i: int, target_next: torch.Tensor, hs: list[torch.Tensor], ctxs: list[dict]) -> torch.Tensor:
@@ -213,8 +222,9 @@ class TargetPropagation(Algorithm):
         if _mixes_samples(g):  # batch statistics inside g: each term is normalised over its own batch
             return h_i + g(target_next, ctx) - g(lifted, ctx)
         # one call for both terms: g is applied per sample, so stack target and activation
-        both = g(torch.cat([target_next, lifted]), _stack_ctx(ctx))
-        return h_i + both[:len(h_i)] - both[len(h_i):]
+        both = g(cat_runs([target_next, lifted], self.runs), _stack_ctx(ctx, self.runs))
+        moved, here = split_runs(both, self.runs, len(h_i))
+        return h_i + moved - here
 
     def targets(self, hs: list[torch.Tensor], ctxs: list[dict], y: torch.Tensor) -> dict[int, torch.Tensor]:
         targets = {self.first_level: self.first_target(hs, y)}
@@ -233,13 +243,14 @@ class TargetPropagation(Algorithm):
         hs, ctxs = forward if forward is not None else self.network.activations_ctx(x, detach_inputs=True)
         targets = self.targets(hs, ctxs, y)
         logits = hs[-1]
-        task_loss = cross_entropy(logits, y)
+        task_loss = self.cross_entropy(logits, y)
         total = task_loss if self.output_on_task_loss else logits.new_zeros(())
         for level, target in targets.items():
             if level == len(self.network) and self.output_on_task_loss:
                 continue  # the label target of SDTP only feeds the feedback chain
-            total = total + squared_error(hs[level], target, cfg.local_loss_reduction, cfg.local_loss_scale)
-        total.backward()
+            total = total + squared_error(hs[level], target, cfg.local_loss_reduction, cfg.local_loss_scale,
+                                          self.runs)
+        total.sum().backward()  # K runs: one total per run, each reaching only its own weights
         return task_loss.detach(), logits.detach()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,8 +275,8 @@ def _mixes_samples(module: nn.Module) -> bool:
     return any(isinstance(m, (BatchNormNoAffine, nn.modules.batchnorm._BatchNorm)) for m in module.modules())
 
 
-def _stack_ctx(ctx: dict) -> dict:
-    """A forward context for a batch stacked twice (pooling indices repeated)."""
-    return {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in ctx.items()}
+def _stack_ctx(ctx: dict, runs: int = 1) -> dict:
+    """A forward context for a batch stacked twice by ``cat_runs`` (pooling indices repeated)."""
+    return {k: cat_runs([v, v], runs) if isinstance(v, torch.Tensor) else v for k, v in ctx.items()}
 
 

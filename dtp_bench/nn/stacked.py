@@ -1,0 +1,133 @@
+"""K runs of one network as one model: the run axis folded into the batch axis.
+
+A batch of K runs is laid out run-major, ``(K·B, …)``: rows ``[k·B, (k+1)·B)`` belong to run k.
+Everything that treats samples one by one (activations, reshapes, softmax over classes, argmax
+over dim 1) is then unchanged; only what mixes samples or holds weights needs the run axis:
+
+* ``StackedLinear``: K weight matrices ``(K, out, in)`` applied with one batched matmul;
+* ``StackedBatchNorm``: batch statistics per run, never across runs;
+* losses: reduced per run (``per_run_sum`` / ``per_run_mean``), one value per run, so the
+  gradient of their sum with respect to run k's weights is run k's own gradient;
+* concatenations of two batches (``cat_runs`` / ``split_runs``) keep each run's rows together.
+
+With K = 1 none of these are used: a single run runs the plain modules.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import BatchNormNoAffine
+
+
+def by_run(t: torch.Tensor, runs: int) -> torch.Tensor:
+    """``(K·B, …)`` → ``(K, B, …)`` (a view)."""
+    return t.unflatten(0, (runs, -1))
+
+
+def per_run_sum(t: torch.Tensor, runs: int) -> torch.Tensor:
+    """Σ over each run's elements: a scalar for one run, ``(K,)`` for K."""
+    return t.sum() if runs == 1 else by_run(t, runs).flatten(1).sum(1)
+
+
+def per_run_mean(t: torch.Tensor, runs: int) -> torch.Tensor:
+    """Mean over each run's elements: a scalar for one run, ``(K,)`` for K."""
+    return t.mean() if runs == 1 else by_run(t, runs).flatten(1).mean(1)
+
+
+def cat_runs(tensors: list[torch.Tensor], runs: int) -> torch.Tensor:
+    """Concatenate batches along the batch axis, run by run: run k's rows of every tensor stay in
+    run k's block (what ``torch.cat`` does for one run)."""
+    if runs == 1:
+        return torch.cat(tensors)
+    return torch.cat([by_run(t, runs) for t in tensors], dim=1).flatten(0, 1)
+
+
+def split_runs(t: torch.Tensor, runs: int, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undo ``cat_runs`` of two tensors whose first had ``first`` rows (all runs together)."""
+    if runs == 1:
+        return t[:first], t[first:]
+    per_run = by_run(t, runs)
+    head = first // runs
+    return per_run[:, :head].flatten(0, 1), per_run[:, head:].flatten(0, 1)
+
+
+class StackedLinear(nn.Module):
+    """K ``nn.Linear`` of one shape: ``weight`` is ``(K, out, in)``, ``bias`` ``(K, out)``, so
+    ``weight[k]`` is run k's matrix exactly as its single run holds it."""
+
+    def __init__(self, layers: list[nn.Linear]):
+        super().__init__()
+        first = layers[0]
+        self.runs, self.in_features, self.out_features = len(layers), first.in_features, first.out_features
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]),
+                                   requires_grad=first.weight.requires_grad)
+        self.bias = (nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]),
+                                  requires_grad=first.bias.requires_grad) if first.bias is not None else None)
+        if hasattr(first, "init_scheme"):
+            self.init_scheme = first.init_scheme
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs = by_run(x, self.runs)
+        if self.bias is None:
+            return torch.bmm(xs, self.weight.mT).flatten(0, 1)
+        return torch.baddbmm(self.bias.unsqueeze(1), xs, self.weight.mT).flatten(0, 1)
+
+    def product(self, u: torch.Tensor) -> torch.Tensor:
+        """W·u without the bias."""
+        return torch.bmm(by_run(u, self.runs), self.weight.mT).flatten(0, 1)
+
+    def weight_grad(self, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """∂⟨c, W·u⟩/∂W for every run: ``(K, out, in)``."""
+        return by_run(c, self.runs).mT @ by_run(u, self.runs)
+
+    def extra_repr(self) -> str:
+        return f"runs={self.runs}, in_features={self.in_features}, out_features={self.out_features}, " \
+               f"bias={self.bias is not None}"
+
+
+class StackedBatchNorm(BatchNormNoAffine):
+    """``BatchNormNoAffine`` with each run normalised by its own batch statistics."""
+
+    def __init__(self, eps: float, runs: int):
+        super().__init__(eps)
+        self.runs = runs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs = by_run(x, self.runs)
+        dims = [1] + list(range(3, xs.dim()))  # per run, per channel (images) or per feature
+        mean, var = xs.mean(dim=dims, keepdim=True), xs.var(dim=dims, keepdim=True, unbiased=False)
+        return self.normalise(xs, mean, var).flatten(0, 1)
+
+
+class LinearFAStacked(torch.autograd.Function):
+    """Feedback alignment through a ``StackedLinear``: ∂x = δ B per run (B: ``(K, out, in)``),
+    ∂W = δᵀ x and ∂b = Σ δ per run."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, runs):
+        ctx.save_for_backward(x, feedback)
+        ctx.runs = runs
+        xs = by_run(x, runs)
+        out = torch.bmm(xs, weight.mT) if bias is None else torch.baddbmm(bias.unsqueeze(1), xs, weight.mT)
+        return out.flatten(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, feedback = ctx.saved_tensors
+        runs = ctx.runs
+        g = by_run(grad, runs)
+        grad_x = torch.bmm(g, feedback.to(grad.dtype)).flatten(0, 1) if ctx.needs_input_grad[0] else None
+        grad_w = g.mT @ by_run(x.to(grad.dtype), runs) if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(1) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None
+
+
+def stacked_linear_fa(op: StackedLinear, x: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
+    return LinearFAStacked.apply(x, op.weight, op.bias, feedback, op.runs)
+
+
+def linear_no_bias(op: nn.Module, u: torch.Tensor) -> torch.Tensor:
+    """W·u of a Linear or StackedLinear."""
+    return op.product(u) if isinstance(op, StackedLinear) else F.linear(u, op.weight)
