@@ -153,9 +153,14 @@ class TrainerConfig:
     # forward blocks (0 = first) whose weights are never updated: a control, e.g. every hidden
     # block frozen = only the output block learns, on fixed random features
     frozen_blocks: list[int] = field(default_factory=list)
+    # K > 1: train the seeds seed, seed+1, …, seed+K−1 of this configuration in one process as one
+    # batched model (weights stacked along a run axis), each in <run dir>/seed_<s> exactly as a run
+    # of its own: metrics, summary, checkpoint (see README, "Batched runs"); supported on arch=fc
+    parallel_runs: int = 1
 
     def validate(self, key: str = "trainer") -> None:
         check_positive(self.epochs, f"{key}.epochs")
+        check_positive(self.parallel_runs, f"{key}.parallel_runs")
         check_positive(self.batch_size, f"{key}.batch_size")
         check_positive(self.eval_batch_size, f"{key}.eval_batch_size")
         check_choice(self.precision, f"{key}.precision", PRECISIONS)

@@ -51,10 +51,11 @@ def _forward_bytes(network, x: torch.Tensor) -> int:
 
 def check_geometry(arch_cfg, input_shape: tuple[int, ...], num_classes: int, batch_size: int,
                    device: torch.device, dtype: torch.dtype = torch.float32,
-                   eval_batch_size: int | None = None) -> dict:
+                   eval_batch_size: int | None = None, runs: int = 1) -> dict:
     """Raise ConfigError when ``arch_cfg`` does not fit ``input_shape`` or the machine's memory;
     returns the estimate (parameters, bytes) otherwise. Training keeps the forward tensors for
-    the backward pass (counted twice); evaluation runs without autograd, at its own batch size."""
+    the backward pass (counted twice); evaluation runs without autograd, at its own batch size.
+    ``runs`` batched runs (trainer.parallel_runs) hold that many copies of everything."""
     shape = "×".join(map(str, input_shape))
     with torch.device("meta"):
         try:
@@ -72,13 +73,15 @@ def check_geometry(arch_cfg, input_shape: tuple[int, ...], num_classes: int, bat
     train_bytes = (fixed + per_example * batch_size) * ACTIVATION_COPIES
     eval_bytes = fixed + per_example * (eval_batch_size or batch_size)
     activation_bytes, batch = max((train_bytes, batch_size), (eval_bytes, eval_batch_size or batch_size))
-    needed = parameters * element * STATE_COPIES_PER_PARAMETER + activation_bytes
+    needed = (parameters * element * STATE_COPIES_PER_PARAMETER + activation_bytes) * runs
     available = machine_memory_bytes(device)
     if available is not None and needed > available:
-        raise ConfigError(f"arch: arch={arch_cfg.name} on {shape} inputs at batch size {batch} needs an estimated "
+        batched = f" × {runs} batched runs" if runs > 1 else ""
+        raise ConfigError(f"arch: arch={arch_cfg.name} on {shape} inputs at batch size {batch}{batched} needs an "
+                          f"estimated "
                           f"{needed / 2**30:.1f} GiB ({parameters / 1e6:.1f} M parameters, "
                           f"{activation_bytes / 2**30:.1f} "
                           f"GiB of activations), more than this {device.type} device's "
                           f"{available / 2**30:.1f} GiB; use smaller layers or a smaller trainer.batch_size / "
-                          f"trainer.eval_batch_size")
+                          f"trainer.eval_batch_size" + (" / trainer.parallel_runs" if runs > 1 else ""))
     return {"parameters": parameters, "estimated_bytes": needed}

@@ -23,9 +23,11 @@ import torch
 
 
 class LearningSignal:
-    def __init__(self, algorithm, cfg, frozen_blocks: list[int]):
-        """``cfg``: a DiagnosticsConfig (thresholds); ``frozen_blocks``: excluded from warnings."""
+    def __init__(self, algorithm, cfg, frozen_blocks: list[int], run: int | None = None):
+        """``cfg``: a DiagnosticsConfig (thresholds); ``frozen_blocks``: excluded from warnings;
+        ``run``: for batched runs (weights stacked along a run axis), the run measured."""
         self.cfg = cfg
+        self.run = run
         self.blocks = list(algorithm.network.blocks)
         self.params = [[p for p in block.parameters() if p.is_floating_point()] for block in self.blocks]
         self.optimizer = algorithm.optimizers.get("forward")
@@ -41,8 +43,12 @@ class LearningSignal:
     # ------------------------------------------------------------ per epoch
     @torch.no_grad()
     def begin_epoch(self) -> None:
-        self.start = [torch.cat([p.detach().reshape(-1) for p in params]).clone() if params else None
+        self.start = [torch.cat([self._own(p).detach().reshape(-1) for p in params]).clone() if params else None
                       for params in self.params]
+
+    def _own(self, t: torch.Tensor) -> torch.Tensor:
+        """This run's slice of a stacked tensor (the tensor itself for a single run)."""
+        return t if self.run is None else t[self.run]
 
     @torch.no_grad()
     def end_epoch(self) -> dict:
@@ -52,7 +58,7 @@ class LearningSignal:
         for i, (params, start) in enumerate(zip(self.params, self.start)):
             if start is None:
                 continue
-            now = torch.cat([p.detach().reshape(-1) for p in params])
+            now = torch.cat([self._own(p).detach().reshape(-1) for p in params])
             ratios[f"block{i}"] = _finite((now - start).norm().item() / max(start.norm().item(), 1e-30))
             fraction = self.step_fraction(params)
             if fraction is not None:
@@ -72,9 +78,9 @@ class LearningSignal:
                 continue
             if "exp_avg_sq" in state:  # Adam: bias-corrected second moment
                 step = float(state["step"])
-                v = state["exp_avg_sq"] / (1.0 - group["betas"][1] ** step)
+                v = self._own(state["exp_avg_sq"]) / (1.0 - group["betas"][1] ** step)
             elif "square_avg" in state and not group.get("centered", False):  # RMSprop
-                v = state["square_avg"]
+                v = self._own(state["square_avg"])
             else:
                 continue
             root = v.sqrt()
@@ -136,10 +142,14 @@ def _finite(value: float) -> float | None:
 
 
 @torch.no_grad()
-def activation_rms(network, x: torch.Tensor) -> list[float]:
-    """Root-mean-square of every block's output on ``x`` (one host sync; used twice per run)."""
+def activation_rms(network, x: torch.Tensor, runs: int = 1) -> list:
+    """Root-mean-square of every block's output on ``x`` (one host sync; used twice per run); for
+    ``runs`` batched runs, one such list per run."""
     hs = network.activations(x)[1:]
-    return torch.stack([h.float().pow(2).mean().sqrt() for h in hs]).tolist()
+    if runs == 1:
+        return torch.stack([h.float().pow(2).mean().sqrt() for h in hs]).tolist()
+    per_run = torch.stack([h.float().unflatten(0, (runs, -1)).flatten(1).pow(2).mean(1).sqrt() for h in hs], 1)
+    return per_run.tolist()
 
 
 def activation_growth(before: list[float], after: list[float], limit: float) -> str | None:

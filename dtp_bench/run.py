@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from .config import ConfigError, validate
 from .data import DataError
 from .menu import schema_choice_problem
+from .parallel import ParallelTrainer
 from .trainer import CHECKPOINT, CHECKPOINT_HASH, SUMMARY, Trainer, write_json_atomic
 
 LOCK = ".lock"  # held (flock) while a process trains into the run directory
@@ -33,6 +34,11 @@ def _hydra_context() -> tuple[Path, dict, bool]:
         choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
         return Path(hc.runtime.output_dir), choices, hc.mode == RunMode.MULTIRUN
     return Path.cwd(), {}, False
+
+
+def _task_overrides() -> list[str]:
+    """This job's command-line overrides (written into each batched run's .hydra/overrides.yaml)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> float:
@@ -114,6 +120,14 @@ def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -
         if schema_problem:
             raise ConfigError(schema_problem)
         typed = validate(cfg)
+        if typed.trainer.parallel_runs > 1:
+            trainer = ParallelTrainer(cfg, typed, run_dir, choices, _task_overrides())
+            with contextlib.ExitStack() as stack:
+                busy = [r.run_dir for r in trainer.records if not stack.enter_context(_exclusive(r.run_dir))]
+                if busy:
+                    raise ConfigError(f"{busy[0]} is in use by another training process (its {LOCK} is held); "
+                                      f"wait for it to finish, or give this job another folder (hydra.run.dir=...)")
+                return _parallel_done(trainer.fit(), trainer, cfg, multirun)
         trainer = Trainer(cfg, typed, run_dir, choices)
         summary = trainer.fit()
     except (ConfigError, DataError) as exc:
@@ -122,13 +136,17 @@ def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -
         return _fail(run_dir, choices, f"{kind}: {exc}", multirun, exit_code=2, keep_summary=_completed(run_dir))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: record it, say how to continue, stop
         name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("SIGINT", 130)
-        summary = (trainer.write_summary("interrupted") if trainer is not None
-                   else {"status": "interrupted", "choices": choices})
-        summary["interrupted_by"] = name
-        if not finished_before:  # a completed run's summary stays what it was
-            write_json_atomic(run_dir / SUMMARY, summary)
+        if isinstance(trainer, ParallelTrainer):
+            _record_runs(trainer, "interrupted", interrupted_by=name)
+        else:
+            summary = (trainer.write_summary("interrupted") if trainer is not None
+                       else {"status": "interrupted", "choices": choices})
+            summary["interrupted_by"] = name
+            if not finished_before:  # a completed run's summary stays what it was
+                write_json_atomic(run_dir / SUMMARY, summary)
         done = len(trainer.history) if trainer is not None else 0
-        saved = (run_dir / CHECKPOINT).exists()
+        saved = (run_dir / CHECKPOINT).exists() or (isinstance(trainer, ParallelTrainer) and all(
+            (r.run_dir / CHECKPOINT).exists() for r in trainer.records if r.active))
         print(f"interrupted by {name} after {done} completed epochs; "
               + (f"rerun the same command with resume=true (hydra.run.dir={run_dir}) to continue from the "
                  f"checkpoint of epoch {done}" if saved else "no checkpoint (trainer.checkpoint=false): a rerun "
@@ -141,6 +159,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -
         try:
             if where.name == RESUME_ERROR:
                 write_json_atomic(where, {"status": "failed", "error": detail, "choices": choices})
+            elif isinstance(trainer, ParallelTrainer):
+                _record_runs(trainer, "failed", error=detail)
             elif trainer is not None:
                 summary = trainer.write_summary("failed")
                 summary["error"] = detail
@@ -170,6 +190,36 @@ def _run_locked(cfg: DictConfig, run_dir: Path, choices: dict, multirun: bool) -
           f"{summary['epochs_completed']} epochs, {summary['total_seconds']:.1f} s) — {run_dir}")
     objective = summary["final_val_error"]
     return summary["final_test_error"] if objective is None else objective
+
+
+def _record_runs(trainer: ParallelTrainer, status: str, **extra) -> None:
+    """Every still-training run of a batched job gets ``status`` (and ``extra``) in its summary.json."""
+    for record in trainer.records:
+        if record.active:
+            summary = record.write_summary(status)
+            write_json_atomic(record.run_dir / SUMMARY, {**summary, **extra})
+
+
+def _parallel_done(summaries: list[dict], trainer: ParallelTrainer, cfg: DictConfig, multirun: bool) -> float:
+    """A batched job's end: checkpoints kept or not as for single runs, one line per run; the
+    objective is the mean over its completed runs (FAILED_OBJECTIVE when none completed)."""
+    keep = cfg.trainer.get("keep_checkpoint")
+    objectives = []
+    for record, summary in zip(trainer.records, summaries):
+        status = summary.get("status")
+        if status in ("completed", "diverged") and not (keep if keep is not None else not multirun):
+            for name in (CHECKPOINT, CHECKPOINT_HASH):
+                (record.run_dir / name).unlink(missing_ok=True)
+        if status != "completed":
+            print(f"seed {record.typed.seed}: {status} at epoch {summary.get('diverged_epoch')}; {record.run_dir}")
+            continue
+        print(f"seed {record.typed.seed}: final test error {_percent(summary['final_test_error'])} "
+              f"(best {_percent(summary['best_test_error'])}, {summary['epochs_completed']} epochs) — {record.run_dir}")
+        value = summary["final_val_error"]
+        objectives.append(summary["final_test_error"] if value is None else value)
+    print(f"{len(objectives)} of {len(summaries)} runs completed, {summaries[0].get('total_seconds', 0.0):.1f} s "
+          f"batched — {trainer.run_dir}")
+    return sum(objectives) / len(objectives) if objectives else FAILED_OBJECTIVE
 
 
 OPTIMISING_SWEEPERS = ("optuna", "nevergrad", "ax")  # sweepers that minimise what a job returns

@@ -209,7 +209,7 @@ def _config_fingerprint(cfg) -> dict:
 # keys added after checkpoints existed, with the value that reproduces the old behaviour: a
 # checkpoint without the key resumes when the run leaves it there
 ADDED_KEYS = {"trainer.frozen_blocks": [], "arch.batch_norm_eps": 1e-5, "trainer.overfit_batches": 0,
-              "trainer.tf32": False,
+              "trainer.tf32": False, "trainer.parallel_runs": 1,
               # an init only: a resumed run takes the auxiliary weights from the checkpoint
               "algorithm.aux_init": "xavier_uniform",
               # variants of FW-DTP's released code (their defaults are the papers' methods)
@@ -231,29 +231,37 @@ def _config_changes(stored: str, cfg) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if old.get(k, "<missing>") != new.get(k, "<missing>"))
 
 
+def training_device(t) -> tuple[torch.device, torch.dtype, Any, torch.dtype]:
+    """(device, parameter dtype, autocast context, metric-sum dtype) for a TrainerConfig; sets the
+    process-wide switches (determinism, TF32) the config asks for."""
+    # set either way: a sweep's jobs share a process, and must not inherit the setting
+    torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
+    device = resolve_device(t.device, sweep_job_index())
+    if device.type == "cuda":
+        # set either way (jobs may share a process); off by default: full fp32, as the papers
+        torch.backends.cuda.matmul.allow_tf32 = t.tf32
+        torch.backends.cudnn.allow_tf32 = t.tf32
+    if device.type == "mps" and t.precision == "fp64":
+        raise ConfigError("trainer.precision: MPS has no float64; use fp32 or bf16")
+    # without the weight cache: algorithms update weights inside a training step (feedback
+    # before targets, K feedback iterations), and a cached bf16 copy would hide those updates
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
+                if t.precision == "bf16" else contextlib.nullcontext())
+    # metric sums in float64 where the device has it
+    accumulate_dtype = torch.float32 if device.type == "mps" else torch.float64
+    return device, DTYPES[t.precision], autocast, accumulate_dtype
+
+
 class Trainer:
+    extra_summary: dict = {}  # what a batched run adds to its summary.json (dtp_bench/parallel.py)
+
     def __init__(self, cfg, typed, run_dir: Path, choices: dict | None = None):
         """``cfg``: the composed DictConfig; ``typed``: its validated dataclass tree."""
         self.cfg, self.typed, self.run_dir = cfg, typed, Path(run_dir)
         self.choices = choices or {}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         t = typed.trainer
-        # set either way: a sweep's jobs share a process, and must not inherit the setting
-        torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
-        self.device = resolve_device(t.device, sweep_job_index())
-        if self.device.type == "cuda":
-            # set either way (jobs may share a process); off by default: full fp32, as the papers
-            torch.backends.cuda.matmul.allow_tf32 = t.tf32
-            torch.backends.cudnn.allow_tf32 = t.tf32
-        if self.device.type == "mps" and t.precision == "fp64":
-            raise ConfigError("trainer.precision: MPS has no float64; use fp32 or bf16")
-        self.dtype = DTYPES[t.precision]
-        # without the weight cache: algorithms update weights inside a training step (feedback
-        # before targets, K feedback iterations), and a cached bf16 copy would hide those updates
-        self.autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=False)
-                         if t.precision == "bf16" else contextlib.nullcontext())
-        # metric sums in float64 where the device has it
-        self.accumulate_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self.device, self.dtype, self.autocast, self.accumulate_dtype = training_device(t)
         seed_everything(typed.seed)
         self.data = DeviceData(typed.dataset, self.device, self.dtype, t.val_size, typed.seed)
         # shapes and memory checked on the meta device first: a config error, not an OOM kill
@@ -296,13 +304,23 @@ class Trainer:
             "elapsed": self.elapsed,
             "step": self.step,
             "algorithm": self.algorithm.training_state(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            **self._stream_states(),
             "device_type": self.device.type,
             "threads": torch.get_num_threads(),
             "rng_data": self.generator.get_state(),
             "config": json.dumps(_config_fingerprint(self.cfg), sort_keys=True),
         }
+
+    def _stream_states(self) -> dict:
+        """The random streams a checkpoint restores (the data order's is stored beside them)."""
+        return {"rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}
+
+    def _restore_streams(self, state: dict, moved: bool) -> None:
+        """Restore the checkpoint's CPU stream, and its CUDA streams unless it moved across device types."""
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] and not moved:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
 
     def save_checkpoint(self) -> None:
         path = self.run_dir / CHECKPOINT
@@ -357,7 +375,7 @@ class Trainer:
             raise ConfigError(f"resume: {path} does not fit this model ({first}); {fix}") from exc
         if not self._parameters_finite():
             raise ConfigError(f"resume: {path} holds non-finite weights; {fix}")
-        torch.set_rng_state(state["rng_cpu"].cpu())
+        self._restore_streams(state, moved)
         if moved:
             # weights and optimizer state move (map_location); a device's random streams cannot, so the
             # data order restarts from a seed derived from the epoch: a valid continuation, not a
@@ -367,8 +385,6 @@ class Trainer:
                  f"optimizer state carry over, the random streams (data order, noise) restart from a seed derived "
                  f"from the epoch, so the rest of the run is not bit-identical to an uninterrupted one")
         else:
-            if state["rng_cuda"]:
-                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
             self.generator.set_state(state["rng_data"].cpu())
         self.history = list(state["history"])
         self.best_test_error = state["best_test_error"]
@@ -598,6 +614,7 @@ class Trainer:
             "torch_version": torch.__version__,
             "command": " ".join(["python"] + sys.argv),
             "config_hash": config_hash(self.cfg),
+            **self.extra_summary,
         }
         if self.learning_signal is not None and self.history:
             summary["learning_signal"] = self.learning_signal.summary(self.history)

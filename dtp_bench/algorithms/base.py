@@ -150,6 +150,15 @@ class Algorithm(nn.Module):
                 "schedules": {k: s.state_dict() for k, s in self.schedules.items()}}
 
     def load_training_state(self, state: dict) -> None:
+        self._check_schedule_lengths(state)
+        self.load_state_dict(state["modules"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        for key, schedule in self.schedules.items():
+            schedule.load_state_dict(state["schedules"][key])
+
+    def _check_schedule_lengths(self, state: dict) -> None:
+        """A resumed cosine schedule must span what it was built for."""
         for key, schedule in self.schedules.items():
             saved = state["schedules"][key].get("T_max")
             if saved is not None and saved != getattr(schedule, "T_max", saved):
@@ -158,11 +167,6 @@ class Algorithm(nn.Module):
                     f"{schedule.T_max}, so its learning rate would climb back up; keep trainer.epochs={saved}, "
                     f"or fix the length with algorithm.{'feedback_' if key == 'feedback' else ''}"
                     f"optimizer.cosine_t_max")
-        self.load_state_dict(state["modules"])
-        for key, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][key])
-        for key, schedule in self.schedules.items():
-            schedule.load_state_dict(state["schedules"][key])
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", runs: int = 1) -> torch.Tensor:
