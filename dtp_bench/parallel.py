@@ -26,8 +26,11 @@ while the others train on (its rows of the batch keep being computed, and ignore
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -465,22 +468,27 @@ class ParallelTrainer:
             test = self.evaluate("test")
             val = self.evaluate("val") if self.data.val_y is not None else None
             self.algorithm.after_epoch(epoch)
-            for k, row in evaluated.items():
-                r = self.records[k]
-                row["test_error"], top5 = test[k]
-                if top5 is not None:
-                    row["test_top5_error"] = top5
-                if val is not None:
-                    row["val_error"] = val[k][0]
-                r.best_test_error = min(r.best_test_error, row["test_error"])
-                if t.save_best:
-                    r._save_best(row)
-                r._record(row, checkpoint=t.checkpoint)
-                log.info("seed %d: %s", r.typed.seed, epoch_line(row, t.epochs))
-                if r.learning_signal is not None:
-                    for line in r.learning_signal.new_warnings(r.history):
-                        warn(f"seed {r.typed.seed}: {line}")
+            with _interrupts_deferred():  # every run's checkpoint at this epoch, or none: they resume together
+                self._record_epoch(evaluated, test, val)
         return [r.write_summary("completed") if r.active else _read_summary(r.run_dir) for r in self.records]
+
+    def _record_epoch(self, evaluated: dict[int, dict], test: list, val: list | None) -> None:
+        t = self.typed.trainer
+        for k, row in evaluated.items():
+            r = self.records[k]
+            row["test_error"], top5 = test[k]
+            if top5 is not None:
+                row["test_top5_error"] = top5
+            if val is not None:
+                row["val_error"] = val[k][0]
+            r.best_test_error = min(r.best_test_error, row["test_error"])
+            if t.save_best:
+                r._save_best(row)
+            r._record(row, checkpoint=t.checkpoint)
+            log.info("seed %d: %s", r.typed.seed, epoch_line(row, t.epochs))
+            if r.learning_signal is not None:
+                for line in r.learning_signal.new_warnings(r.history):
+                    warn(f"seed {r.typed.seed}: {line}")
 
     def write_summary(self, status: str) -> list[dict]:
         """Every still-active run's summary with ``status`` (interrupted, failed)."""
@@ -490,6 +498,25 @@ class ParallelTrainer:
     def history(self) -> list[dict]:
         """The epochs every run has completed (run.py reports progress from it)."""
         return min((r.history for r in self.records), key=len, default=[])
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """SIGINT / SIGTERM arriving inside the block are delivered when it ends (to the handlers
+    that were in place), so the block is never cut in half. Main thread only (signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(received):
+            signal.raise_signal(s)
 
 
 def _finished(record: RunRecord) -> bool:
