@@ -142,11 +142,11 @@ def _finite(value: float) -> float | None:
 
 
 @torch.no_grad()
-def activation_rms(network, x: torch.Tensor, runs: int = 1) -> list:
+def activation_rms(network, x: torch.Tensor, runs: int | None = None) -> list:
     """Root-mean-square of every block's output on ``x`` (one host sync; used twice per run); for
-    ``runs`` batched runs, one such list per run."""
+    ``runs`` batched runs (an int, 1 included), one such list per run."""
     hs = network.activations(x)[1:]
-    if runs == 1:
+    if runs is None:
         return torch.stack([h.float().pow(2).mean().sqrt() for h in hs]).tolist()
     per_run = torch.stack([h.float().unflatten(0, (runs, -1)).flatten(1).pow(2).mean(1).sqrt() for h in hs], 1)
     return per_run.tolist()

@@ -45,7 +45,7 @@ from .data import DeviceData
 from .geometry import check_geometry
 from .learning_signal import LearningSignal, activation_growth, activation_rms
 from .nn.blocks import BatchNormNoAffine, build_network
-from .nn.stacked import StackedBatchNorm, StackedLinear, by_run
+from .nn.stacked import StackedBatchNorm, StackedConv2d, StackedConvTranspose2d, StackedLinear, by_run
 from .trainer import (
     BEST_CHECKPOINT,
     CHECKPOINT,
@@ -92,17 +92,21 @@ def _generator(device: torch.device, state: torch.Tensor) -> torch.Generator:
 
 
 # ---------------------------------------------------------------- K algorithms as one
-STACKED_TYPES = (StackedLinear,)
+STACKED = {nn.Linear: StackedLinear, nn.Conv2d: StackedConv2d, nn.ConvTranspose2d: StackedConvTranspose2d}
 
 
 def batching_problem(algorithm: Algorithm) -> str | None:
     """Why this algorithm's modules cannot be stacked (None when they can)."""
     for name, module in algorithm.named_modules():
         own = list(module.parameters(recurse=False))
-        if own and type(module) is not nn.Linear:
+        if own and type(module) not in STACKED:
             return (f"trainer.parallel_runs: {module.__class__.__name__} layers ({name}) cannot be batched yet; "
-                    f"batched runs support fully connected nets (arch=fc); run the seeds one by one instead "
+                    f"batched runs support arch=fc, conv, lenet and vgg; run the seeds one by one instead "
                     f"(python train.py -m seed=0,1,2 ...)")
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and (
+                module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str)):
+            return (f"trainer.parallel_runs: the convolution {name} is grouped, not zero-padded or string-padded; "
+                    f"batched runs need plain convolutions; run the seeds one by one instead")
     return None
 
 
@@ -120,8 +124,8 @@ def stack_algorithms(algorithms: list[Algorithm]) -> Algorithm:
         if not name:
             continue
         if id(module) not in replacements:
-            if type(module) is nn.Linear:
-                stacked = StackedLinear([t[name] for t in twins])
+            if type(module) in STACKED:
+                stacked = STACKED[type(module)]([t[name] for t in twins])
                 new_params[id(module.weight)] = stacked.weight
                 if module.bias is not None:
                     new_params[id(module.bias)] = stacked.bias

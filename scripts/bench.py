@@ -228,6 +228,48 @@ def elementwise_cost(args: argparse.Namespace) -> list[dict]:
 
 
 # ---------------------------------------------------------------- output
+PARALLEL_NETS = {  # (hidden widths, batch size)
+    "fc 784-256x5-10, batch 128 (the conf default)": ([256] * 5, 128),
+    "fc 784-64x2-10, batch 32 (small: per-step overhead dominates)": ([64, 64], 32),
+}
+
+
+@section("parallel_runs", "runs x epochs per second: K seeds one after another (the per-run loop of the "
+                          "reference code) against trainer.parallel_runs=K batched (K = 1, 4, 16); FC nets on "
+                          "Fashion-MNIST-shaped data, --cost-batches batches per timed epoch")
+def parallel_runs(args: argparse.Namespace) -> list[dict]:
+    from dtp_bench.config import validate
+    from dtp_bench.parallel import ParallelTrainer
+
+    rows = []
+    for algorithm in ("bp", "fw_dtp"):
+        for net, (hidden, batch) in PARALLEL_NETS.items():
+            base = [f"algorithm={algorithm}", "arch=fc", f"arch.hidden=[{','.join(map(str, hidden))}]",
+                    "dataset=fmnist", f"trainer.batch_size={batch}", f"trainer.device={args.device}",
+                    "trainer.progress=off", "trainer.checkpoint=false",
+                    f"trainer.limit_train_batches={args.cost_batches}"]
+            with tempfile.TemporaryDirectory() as tmp:
+                single = build_trainer(base, Path(tmp) / "single")
+                variants = {"per-run loop": single}
+                for k in (1, 4, 16):
+                    cfg = compose(base + [f"trainer.parallel_runs={k}"])
+                    variants[f"batched K={k}"] = ParallelTrainer(cfg, validate(cfg), Path(tmp) / f"k{k}")
+                counters = {name: iter(range(10**9)) for name in variants}
+                times = time_interleaved({name: (lambda t=t, c=counters[name]: t.train_epoch(next(c)))
+                                          for name, t in variants.items()}, torch.device(args.device),
+                                         args.warmup, args.repeats)
+            full_epoch = -(-60000 // batch) / args.cost_batches  # a timed epoch is this fraction of a real one
+            reference = 1.0 / statistics.median(times["per-run loop"])
+            for name, seconds in times.items():
+                runs = 1 if name == "per-run loop" else int(name.split("=")[1])
+                throughput = runs / statistics.median(seconds)
+                rows.append({"algorithm": algorithm, "net": net, "variant": name, "runs": runs,
+                             "median_s_per_timed_epoch": round(statistics.median(seconds), 4),
+                             "runs_epochs_per_s": round(throughput / full_epoch, 4),
+                             "speedup_vs_per_run_loop": round(throughput / reference, 2)})
+    return rows
+
+
 def markdown_table(rows: list[dict]) -> str:
     columns: list[str] = []
     for row in rows:

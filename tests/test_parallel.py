@@ -35,9 +35,25 @@ CASES = {
                                        "dataset.augment.crop_padding=2", "dataset.augment.hflip=true"]),
 }
 
+CONV = ["arch=conv", "arch.layers=[[3,4,2],[3,6,2]]", "arch.fc_hidden=[16]"]  # SAME padding: a ZeroPad2d first
+LENET = ["arch=lenet", "arch.channels=[4,6]", "arch.fc_hidden=[16]"]  # conv, ELU, max pooling
+VGG = ["arch=vgg", "arch.channels=[4,4,6,6,8]"]  # 28 x 28 padded to 32 x 32, five poolings
+CONV_CASES = {
+    "conv_bp": ("bp", CONV), "conv_fa": ("fa", CONV), "conv_dfa": ("dfa", CONV), "conv_dtp": ("dtp", CONV),
+    "conv_ao_sdtp": ("ao_sdtp", CONV),
+    "lenet_bp": ("bp", LENET), "lenet_fa": ("fa", LENET), "lenet_fw_dtp": ("fw_dtp", LENET),
+    "lenet_drl": ("drl", LENET),
+    "lenet_scaling_dtp": ("scaling_dtp", [*LENET, "algorithm.feedback_iterations=2"]),  # closed-form conv step
+    "lenet_scaling_dtp_literal_loss": ("scaling_dtp", [*LENET, "algorithm.feedback_iterations=2", "algorithm.lockstep=false"]),
+    "vgg_scaling_dtp": ("scaling_dtp", VGG),
+}
+
 
 def _overrides(root, algorithm, extra, epochs=2):
-    return tiny_overrides(root, epochs=epochs, algorithm=algorithm) + ["trainer.precision=fp64", *extra]
+    base = tiny_overrides(root, epochs=epochs, algorithm=algorithm)
+    if any(o.startswith("arch=") for o in extra):  # another arch: drop the fc one
+        base = [o for o in base if not o.startswith("arch")]
+    return base + ["trainer.precision=fp64", *extra]
 
 
 def _final_weights(run_dir):
@@ -63,9 +79,9 @@ def assert_same_run(batched, single):
         torch.testing.assert_close(wb[key], value, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(CASES) + list(CONV_CASES))
 def test_batched_runs_equal_the_runs_one_by_one(data_root, tmp_path, case):
-    algorithm, extra = CASES[case]
+    algorithm, extra = {**CASES, **CONV_CASES}[case]
     overrides = _overrides(data_root, algorithm, extra)
     run_config(overrides + [f"seed={SEED}", f"trainer.parallel_runs={RUNS}"], tmp_path / "batched")
     for k, folder in enumerate(run_folders(tmp_path / "batched", SEED, RUNS)):
@@ -146,7 +162,7 @@ def test_a_diverged_run_is_recorded_and_the_others_go_on(data_root, tmp_path, mo
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["arch=conv"], "Conv2d layers (network.blocks.0.ops."),
+    (["arch=lc", "arch.layers=[[3,4,2]]", "arch.fc_hidden=[16]"], "LocallyConnected2d layers (network.blocks.0.ops."),
     (["diagnostics.every_n_steps=5"], "diagnostics.every_n_steps: the alignment diagnostics measure one model"),
     (["logger=wandb"], "logger: W&B logs one run per process"),
 ])

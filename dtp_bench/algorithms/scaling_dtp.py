@@ -57,7 +57,7 @@ from torch import nn
 
 from ..config import ConfigError, per_layer
 from ..nn.blocks import Block, FeedbackBlock, MaxUnpool, run_feedback_ops, run_ops_ctx
-from ..nn.stacked import StackedLinear, linear_no_bias, per_run_sum
+from ..nn.stacked import StackedConvTranspose2d, StackedLinear, per_run_sum
 from ..optim import build_optimizer
 from .base import register_algorithm
 from .target_prop import Forward, TargetPropagation
@@ -103,10 +103,12 @@ class _ClosedForm:
             return None
         w = trained[0]
         op = ops[w]
-        if type(op) is nn.ConvTranspose2d:
+        if type(op) in (StackedLinear, StackedConvTranspose2d):  # batched runs
+            pass
+        elif type(op) is nn.ConvTranspose2d:
             if op.groups != 1 or op.padding_mode != "zeros":
                 return None
-        elif type(op) not in (nn.Linear, StackedLinear):
+        elif type(op) is not nn.Linear:
             return None
         if not all(isinstance(o, RESHAPE_OPS) for o in ops[w + 1:]):
             return None
@@ -126,15 +128,17 @@ class _ClosedForm:
     def product(self, u: torch.Tensor) -> torch.Tensor:
         """W·u without the bias."""
         op = self.op
-        if isinstance(op, (nn.Linear, StackedLinear)):
-            return linear_no_bias(op, u)
+        if isinstance(op, (StackedLinear, StackedConvTranspose2d)):
+            return op.product(u)
+        if isinstance(op, nn.Linear):
+            return F.linear(u, op.weight)
         return F.conv_transpose2d(u, op.weight, None, op.stride, op.padding, op.output_padding,
                                   op.groups, op.dilation)
 
     def weight_grad(self, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """∂⟨c, W·u⟩/∂W."""
         op = self.op
-        if isinstance(op, StackedLinear):
+        if isinstance(op, (StackedLinear, StackedConvTranspose2d)):
             return op.weight_grad(c, u)
         if isinstance(op, nn.Linear):
             return c.reshape(-1, c.shape[-1]).T @ u.reshape(-1, u.shape[-1])

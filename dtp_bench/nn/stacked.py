@@ -5,6 +5,8 @@ Everything that treats samples one by one (activations, reshapes, softmax over c
 over dim 1) is then unchanged; only what mixes samples or holds weights needs the run axis:
 
 * ``StackedLinear``: K weight matrices ``(K, out, in)`` applied with one batched matmul;
+* ``StackedConv2d`` / ``StackedConvTranspose2d``: K kernels as one grouped convolution (the runs
+  moved into the channel axis, group k = run k);
 * ``StackedBatchNorm``: batch statistics per run, never across runs;
 * losses: reduced per run (``per_run_sum`` / ``per_run_mean``), one value per run, so the
   gradient of their sum with respect to run k's weights is run k's own gradient;
@@ -128,6 +130,78 @@ def stacked_linear_fa(op: StackedLinear, x: torch.Tensor, feedback: torch.Tensor
     return LinearFAStacked.apply(x, op.weight, op.bias, feedback, op.runs)
 
 
-def linear_no_bias(op: nn.Module, u: torch.Tensor) -> torch.Tensor:
-    """W·u of a Linear or StackedLinear."""
-    return op.product(u) if isinstance(op, StackedLinear) else F.linear(u, op.weight)
+# ---------------------------------------------------------------- convolutions as grouped ones
+def to_groups(x: torch.Tensor, runs: int) -> torch.Tensor:
+    """``(K·B, C, H, W)`` → ``(B, K·C, H, W)``: run k's channels become group k."""
+    xs = by_run(x, runs)
+    return xs.transpose(0, 1).reshape(xs.shape[1], runs * xs.shape[2], *xs.shape[3:])
+
+
+def from_groups(y: torch.Tensor, runs: int) -> torch.Tensor:
+    """``(B, K·C, H, W)`` → ``(K·B, C, H, W)``."""
+    ys = y.unflatten(1, (runs, -1))
+    return ys.transpose(0, 1).reshape(runs * ys.shape[0], *ys.shape[2:])
+
+
+class _StackedConv(nn.Module):
+    """What the stacked convolutions share: K ungrouped kernels of one shape, applied as one
+    convolution with ``groups = K`` (so ``weight[k]`` is run k's kernel as its single run holds it)."""
+
+    transposed = False
+
+    def __init__(self, convs: list[nn.Module]):
+        super().__init__()
+        first = convs[0]
+        if first.groups != 1 or first.padding_mode != "zeros" or isinstance(first.padding, str):
+            raise NotImplementedError("batched runs need zero-padded, ungrouped convolutions with integer padding")
+        self.runs = len(convs)
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                     "output_padding", "padding_mode"):
+            setattr(self, name, getattr(first, name))
+        self.groups = self.runs  # the grouped convolution that runs all K at once
+        self.weight = nn.Parameter(torch.stack([c.weight.detach() for c in convs]),
+                                   requires_grad=first.weight.requires_grad)
+        self.bias = (nn.Parameter(torch.stack([c.bias.detach() for c in convs]),
+                                  requires_grad=first.bias.requires_grad) if first.bias is not None else None)
+        if hasattr(first, "init_scheme"):
+            self.init_scheme = first.init_scheme
+
+    def _apply_grouped(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.flatten() if self.bias is not None else None
+        return from_groups(self._apply_grouped(to_groups(x, self.runs), self.weight.flatten(0, 1), bias), self.runs)
+
+    def product(self, u: torch.Tensor) -> torch.Tensor:
+        """W·u without the bias."""
+        return from_groups(self._apply_grouped(to_groups(u, self.runs), self.weight.flatten(0, 1), None), self.runs)
+
+    def weight_grad(self, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """∂⟨c, W·u⟩/∂W for every run: the shape of ``weight``."""
+        grad = torch.ops.aten.convolution_backward(
+            to_groups(c, self.runs), to_groups(u, self.runs), self.weight.flatten(0, 1), None, self.stride,
+            self.padding, self.dilation, self.transposed, self.output_padding if self.transposed else [0, 0],
+            self.groups, [False, True, False])[1]
+        return grad.view_as(self.weight)
+
+    def extra_repr(self) -> str:
+        return f"runs={self.runs}, {self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, " \
+               f"stride={self.stride}, padding={self.padding}"
+
+
+class StackedConv2d(_StackedConv):
+    """K ``nn.Conv2d``: ``weight`` ``(K, out, in, kh, kw)``."""
+
+    def _apply_grouped(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class StackedConvTranspose2d(_StackedConv):
+    """K ``nn.ConvTranspose2d``: ``weight`` ``(K, in, out, kh, kw)``."""
+
+    transposed = True
+
+    def _apply_grouped(self, x, weight, bias):
+        return F.conv_transpose2d(x, weight, bias, self.stride, self.padding, self.output_padding, self.groups,
+                                  self.dilation)
