@@ -120,6 +120,7 @@ def stack_algorithms(algorithms: list[Algorithm]) -> Algorithm:
     twins = [dict(a.named_modules(remove_duplicate=False)) for a in algorithms]
     replacements: dict[int, nn.Module] = {}
     new_params: dict[int, nn.Parameter] = {}
+    buffers_stacked: set[int] = set()
     for name, module in list(host.named_modules(remove_duplicate=False)):
         if not name:
             continue
@@ -132,9 +133,11 @@ def stack_algorithms(algorithms: list[Algorithm]) -> Algorithm:
             elif isinstance(module, BatchNormNoAffine):
                 stacked = StackedBatchNorm(module.eps, runs)
             else:
-                for key in list(module._buffers):  # fixed tensors such as FA / DFA feedback matrices
-                    if module._buffers[key] is not None:
-                        module._buffers[key] = torch.stack([t[name]._buffers[key] for t in twins])
+                if id(module) not in buffers_stacked:  # a module reachable by two paths is stacked once
+                    buffers_stacked.add(id(module))
+                    for key in list(module._buffers):  # fixed tensors such as FA / DFA feedback matrices
+                        if module._buffers[key] is not None:
+                            module._buffers[key] = torch.stack([t[name]._buffers[key] for t in twins])
                 continue
             replacements[id(module)] = stacked
         parent_name, _, attr = name.rpartition(".")
@@ -418,6 +421,7 @@ class ParallelTrainer:
 
     def _start(self) -> None:
         """Fresh runs, or (resume=true) every run from its checkpoint, all at one epoch."""
+        (self.run_dir / SUMMARY).unlink(missing_ok=True)  # the job's folder is not a run (an earlier failure's note)
         resumed = []
         for r in self.records:
             if self.typed.resume and _finished(r):
