@@ -48,7 +48,7 @@ class WritableOutput(Callback):
 
 
 def tally(sweep_dir: Path) -> Counter:
-    """Jobs under ``sweep_dir`` by the status in their summary.json."""
+    """Runs under ``sweep_dir`` (a batched job's runs each) by the status in their summary.json."""
     counts: Counter = Counter()
     for path in sorted(sweep_dir.rglob("summary.json")):
         try:
@@ -67,7 +67,7 @@ class SweepTally(Callback):
         order = ["completed", "diverged", "failed", "interrupted", "running"]
         parts = [f"{counts[s]} {s}" for s in order if counts[s]] + \
                 [f"{n} {s}" for s, n in counts.items() if s not in order]
-        print(f"sweep {sweep_dir}: {', '.join(parts)} ({sum(counts.values())} jobs)", file=sys.stderr)
+        print(f"sweep {sweep_dir}: {', '.join(parts)} ({sum(counts.values())} runs)", file=sys.stderr)
         if counts["failed"] or counts["unreadable"]:
             print("some jobs failed: their summary.json says why; rerun the same command with resume=true "
                   "to redo only those", file=sys.stderr)

@@ -15,7 +15,7 @@ def test_sweep_with_a_failing_job(data_root, tmp_path):
             *tiny_overrides(data_root, epochs=1)]
     result = train_py(args, cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]  # a job failed: the sweep says so
-    assert "1 completed, 1 failed (2 jobs)" in result.stderr
+    assert "1 completed, 1 failed (2 runs)" in result.stderr
     ok = json.loads((sweep_dir / "0" / "summary.json").read_text())
     failed = json.loads((sweep_dir / "1" / "summary.json").read_text())
     assert ok["status"] == "completed" and ok["seed"] == 1 and ok["final_test_error"] is not None
@@ -35,7 +35,7 @@ def test_an_optimising_sweep_without_a_validation_split_is_refused(data_root, tm
     ok = train_py([*args[:-len(tiny_overrides(data_root, epochs=1))], *tiny_overrides(data_root, epochs=1),
                    "trainer.val_size=8", f"hydra.sweep.dir={tmp_path / 'sweep2'}"], cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "2 completed (2 jobs)" in ok.stderr
+    assert "2 completed (2 runs)" in ok.stderr
 
 
 def test_a_search_resumes_from_its_study_in_the_sweep_dir(data_root, tmp_path):
