@@ -391,18 +391,28 @@ class DeviceData:
     def train_batches(self, batch_size: int, generator: torch.Generator, limit: int | None = None,
                       fixed: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled batches (``fixed``: the first ones, in order, every epoch, as overfit_batches wants)."""
-        order = (torch.arange(self.num_train, device=self.device) if fixed
-                 else torch.randperm(self.num_train, device=self.device, generator=generator))
+        return self.train_batches_of_runs(batch_size, [generator], limit, fixed)
+
+    def train_batches_of_runs(self, batch_size: int, generators: list[torch.Generator], limit: int | None = None,
+                              fixed: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of K runs at once (batched runs, one generator each), run-major: run k's rows
+        are the batch its own data order gives, cut with one gather for all runs."""
+        runs = len(generators)
+        orders = torch.stack([torch.arange(self.num_train, device=self.device) if fixed
+                              else torch.randperm(self.num_train, device=self.device, generator=g)
+                              for g in generators])
         n_batches = -(-self.num_train // batch_size)
         if limit is not None:
             n_batches = min(n_batches, limit)
         aug = self.cfg.augment
         augment = aug.crop_padding > 0 or aug.hflip or aug.vflip
         for i in range(n_batches):
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = orders[:, i * batch_size:(i + 1) * batch_size].reshape(-1)
             x = self.train_x[idx]
-            if augment:
-                x = augment_batch(x, aug, generator)
+            if augment and runs == 1:
+                x = augment_batch(x, aug, generators[0])
+            elif augment:  # each run's crops and flips from its own generator
+                x = torch.cat([augment_batch(part, aug, g) for part, g in zip(x.chunk(runs), generators)])
             yield self.normalise(x), self.train_y[idx]
 
     def eval_batches(self, split: str, batch_size: int,

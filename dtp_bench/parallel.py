@@ -329,10 +329,8 @@ class ParallelTrainer:
     # ------------------------------------------------------------ batches of all runs
     def train_batches(self, limit: int | None, fixed: bool):
         """Each run's batch from its own data order, run-major: ``(K·B, …)``."""
-        t = self.typed.trainer
-        streams = [self.data.train_batches(t.batch_size, r.generator, limit, fixed=fixed) for r in self.records]
-        for parts in zip(*streams):
-            yield torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+        return self.data.train_batches_of_runs(self.typed.trainer.batch_size, [r.generator for r in self.records],
+                                               limit, fixed=fixed)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> list[tuple[float, float | None]]:
