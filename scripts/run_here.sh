@@ -138,3 +138,12 @@ $PY scripts/report.py --runs $RUNS/sdtp_defaults_vs_frozen_5ep --out /tmp/sdtp_r
 $PY train.py -m algorithm=bp,fa,dfa,tp,dtp,sdtp,ao_sdtp,fw_dtp,drl,scaling_dtp,l_drl \
     'trainer.frozen_blocks=[],[0,1,2,3,4]' dataset=fmnist trainer.epochs=10 trainer.checkpoint=false $JOBLIB \
     hydra.sweep.dir=$RUNS/defaults_vs_frozen_fmnist_10ep
+# Issue 18: the batched-run benchmark and the GPU check's CPU part (2 threads, alone on the machine)
+$PY scripts/bench.py --only parallel_runs --repeats 3
+$PY scripts/gpu_check.py
+# Issue 17: the FW-DTP F-MNIST feedback scale beyond the searched interval [1e-3, 0.1] (the best trials sat
+# at its top), with the cell's lr and target step, 30 epochs on the validation split (seed 0, as a search
+# trial), two jobs side by side, niced
+nice -n 10 $PY train.py -m experiment=shibuya2023/fmnist/fw_dtp trainer.epochs=30 trainer.val_size=10000 seed=0 \
+    algorithm.feedback_init_gain=0.09062,0.15,0.25,0.4,0.65,1.0 trainer.checkpoint=false $JOBLIB \
+    hydra.sweep.dir=$RUNS/shibuya2023_fmnist_fw_dtp_gain_scan_30ep
