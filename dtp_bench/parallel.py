@@ -249,13 +249,17 @@ class RunRecord(Trainer):
         self._write_hydra_files(group)
 
     def _stream_states(self) -> dict:
-        return {"rng_cpu": self.cpu_stream.get_state(),
-                "rng_cuda": [self.device_stream.get_state()] if self.device.type == "cuda" else []}
+        """As a single run stores them: CUDA states of every device, this run's own at its device."""
+        cuda = []
+        if self.device.type == "cuda":
+            cuda = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
+            cuda[self.device.index or torch.cuda.current_device()] = self.device_stream.get_state()
+        return {"rng_cpu": self.cpu_stream.get_state(), "rng_cuda": cuda}
 
     def _restore_streams(self, state: dict, moved: bool) -> None:
         self.cpu_stream.set_state(state["rng_cpu"].cpu())
         if state["rng_cuda"] and not moved:
-            index = self.device.index or 0
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             saved = state["rng_cuda"]
             self.device_stream.set_state(saved[index if index < len(saved) else 0].cpu())
         elif self.device.type == "cpu":

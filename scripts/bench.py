@@ -260,14 +260,31 @@ def parallel_runs(args: argparse.Namespace) -> list[dict]:
                                          args.warmup, args.repeats)
             full_epoch = -(-60000 // batch) / args.cost_batches  # a timed epoch is this fraction of a real one
             reference = 1.0 / statistics.median(times["per-run loop"])
+            widths = [784, *hidden, 10]
+            # BP's matmul work per step ≈ 3 × the forward's 2·B·Σ fan_in·fan_out (forward, input and weight
+            # gradients): what the arithmetic ceiling below is compared with
+            bp_flops = 3 * 2 * batch * sum(a * b for a, b in zip(widths[:-1], widths[1:])) * args.cost_batches
             for name, seconds in times.items():
                 runs = 1 if name == "per-run loop" else int(name.split("=")[1])
                 throughput = runs / statistics.median(seconds)
-                rows.append({"algorithm": algorithm, "net": net, "variant": name, "runs": runs,
-                             "median_s_per_timed_epoch": round(statistics.median(seconds), 4),
-                             "runs_epochs_per_s": round(throughput / full_epoch, 4),
-                             "speedup_vs_per_run_loop": round(throughput / reference, 2)})
+                row = {"algorithm": algorithm, "net": net, "variant": name, "runs": runs,
+                       "median_s_per_timed_epoch": round(statistics.median(seconds), 4),
+                       "runs_epochs_per_s": round(throughput / full_epoch, 4),
+                       "speedup_vs_per_run_loop": round(throughput / reference, 2)}
+                if algorithm == "bp":
+                    row["approx_matmul_gflop_per_s"] = round(bp_flops * throughput / 1e9, 1)
+                rows.append(row)
+    rows.append({"algorithm": "-", "net": "torch.mm 2048 x 2048 fp32 (the machine's arithmetic ceiling)",
+                 "variant": "ceiling", "approx_matmul_gflop_per_s": round(matmul_ceiling(args), 1)})
     return rows
+
+
+def matmul_ceiling(args: argparse.Namespace) -> float:
+    """GFLOP/s of one large fp32 matrix product on the device: what no batching can exceed."""
+    device = torch.device(args.device)
+    a, b = (torch.randn(2048, 2048, device=device) for _ in range(2))
+    times = time_interleaved({"mm": lambda: torch.mm(a, b)}, device, 2, 9)["mm"]
+    return 2 * 2048 ** 3 / statistics.median(times) / 1e9
 
 
 def markdown_table(rows: list[dict]) -> str:

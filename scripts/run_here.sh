@@ -143,7 +143,7 @@ $PY scripts/bench.py --only parallel_runs --repeats 3
 $PY scripts/gpu_check.py
 # Issue 17: the FW-DTP F-MNIST feedback scale beyond the searched interval [1e-3, 0.1] (the best trials sat
 # at its top), with the cell's lr and target step, 30 epochs on the validation split (seed 0, as a search
-# trial), two jobs side by side, niced
+# trial; tabled with the searches), two jobs side by side, niced
 nice -n 10 $PY train.py -m experiment=shibuya2023/fmnist/fw_dtp trainer.epochs=30 trainer.val_size=10000 seed=0 \
-    algorithm.feedback_init_gain=0.09062,0.15,0.25,0.4,0.65,1.0 trainer.checkpoint=false $JOBLIB \
+    algorithm.feedback_init_gain=0.09062,0.15,0.25,0.4,0.65,1.0 "reference.table='search (F-MNIST)'" trainer.checkpoint=false $JOBLIB \
     hydra.sweep.dir=$RUNS/shibuya2023_fmnist_fw_dtp_gain_scan_30ep
