@@ -155,7 +155,7 @@ class TrainerConfig:
     frozen_blocks: list[int] = field(default_factory=list)
     # K > 1: train the seeds seed, seed+1, …, seed+K−1 of this configuration in one process as one
     # batched model (weights stacked along a run axis), each in <run dir>/seed_<s> exactly as a run
-    # of its own: metrics, summary, checkpoint (see README, "Batched runs"); supported on arch=fc
+    # of its own: metrics, summary, checkpoint (see README, "Batched runs"); every arch
     parallel_runs: int = 1
 
     def validate(self, key: str = "trainer") -> None:

@@ -45,7 +45,16 @@ from .data import DeviceData
 from .geometry import check_geometry
 from .learning_signal import LearningSignal, activation_growth, activation_rms
 from .nn.blocks import BatchNormNoAffine, build_network
-from .nn.stacked import StackedBatchNorm, StackedConv2d, StackedConvTranspose2d, StackedLinear, by_run
+from .nn.lc import LocallyConnected2d, LocallyConnectedTranspose2d
+from .nn.stacked import (
+    StackedBatchNorm,
+    StackedConv2d,
+    StackedConvTranspose2d,
+    StackedLinear,
+    StackedLocallyConnected2d,
+    StackedLocallyConnectedTranspose2d,
+    by_run,
+)
 from .trainer import (
     BEST_CHECKPOINT,
     CHECKPOINT,
@@ -92,7 +101,9 @@ def _generator(device: torch.device, state: torch.Tensor) -> torch.Generator:
 
 
 # ---------------------------------------------------------------- K algorithms as one
-STACKED = {nn.Linear: StackedLinear, nn.Conv2d: StackedConv2d, nn.ConvTranspose2d: StackedConvTranspose2d}
+STACKED = {nn.Linear: StackedLinear, nn.Conv2d: StackedConv2d, nn.ConvTranspose2d: StackedConvTranspose2d,
+           LocallyConnected2d: StackedLocallyConnected2d,
+           LocallyConnectedTranspose2d: StackedLocallyConnectedTranspose2d}
 
 
 def batching_problem(algorithm: Algorithm) -> str | None:
@@ -101,7 +112,7 @@ def batching_problem(algorithm: Algorithm) -> str | None:
         own = list(module.parameters(recurse=False))
         if own and type(module) not in STACKED:
             return (f"trainer.parallel_runs: {module.__class__.__name__} layers ({name}) cannot be batched yet; "
-                    f"batched runs support arch=fc, conv, lenet and vgg; run the seeds one by one instead "
+                    f"batched runs support arch=fc, lc, conv, lenet and vgg; run the seeds one by one instead "
                     f"(python train.py -m seed=0,1,2 ...)")
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and (
                 module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str)):

@@ -5,7 +5,7 @@ the official file formats, in fp32 and bf16, and a BP and an FW-DTP epoch on 600
 images is timed (CUDA-synchronised), eager and under torch.compile (`trainer.compile`; on CUDA also
 reduce-overhead, which captures the compiled step in CUDA graphs) and as 16 batched runs
 (`trainer.parallel_runs=16`, reported in runs·epochs per second). Every algorithm also trains a few
-batches as 4 batched runs on each arch that batches (fc, conv, lenet, vgg). Writes
+batches as 4 batched runs on each arch. Writes
 results/bench/gpu.json.
 
 Without CUDA it says so, runs the CPU part (every algorithm × arch in fp32, the epochs timed on
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))  # conftest's writers of official-format
 
 ALGORITHMS = ["bp", "fa", "dfa", "tp", "dtp", "sdtp", "ao_sdtp", "fw_dtp", "drl", "scaling_dtp", "l_drl"]
 ARCHS = ["fc", "lc", "conv", "lenet", "vgg"]
-BATCHED_ARCHS = ["fc", "conv", "lenet", "vgg"]  # lc's locally connected layers do not batch (yet)
+BATCHED_ARCHS = ARCHS
 BATCHED_SMOKE_RUNS, BATCHED_TIMING_RUNS = 4, 16
 DATASETS = {"fmnist": "28×28×1", "cifar10": "32×32×3"}
 

@@ -38,6 +38,7 @@ CASES = {
 CONV = ["arch=conv", "arch.layers=[[3,4,2],[3,6,2]]", "arch.fc_hidden=[16]"]  # SAME padding: a ZeroPad2d first
 LENET = ["arch=lenet", "arch.channels=[4,6]", "arch.fc_hidden=[16]"]  # conv, ELU, max pooling
 VGG = ["arch=vgg", "arch.channels=[4,4,6,6,8]"]  # 28 x 28 padded to 32 x 32, five poolings
+LC = ["arch=lc", "arch.layers=[[3,4,2],[3,6,2]]", "arch.fc_hidden=[16]"]  # locally connected, SAME padding
 CONV_CASES = {
     "conv_bp": ("bp", CONV), "conv_fa": ("fa", CONV), "conv_dfa": ("dfa", CONV), "conv_dtp": ("dtp", CONV),
     "conv_ao_sdtp": ("ao_sdtp", CONV),
@@ -46,6 +47,8 @@ CONV_CASES = {
     "lenet_scaling_dtp": ("scaling_dtp", [*LENET, "algorithm.feedback_iterations=2"]),  # closed-form conv step
     "lenet_scaling_dtp_literal_loss": ("scaling_dtp", [*LENET, "algorithm.feedback_iterations=2", "algorithm.lockstep=false"]),
     "vgg_scaling_dtp": ("scaling_dtp", VGG),
+    "lc_bp": ("bp", LC), "lc_fa": ("fa", LC), "lc_dfa": ("dfa", LC), "lc_dtp": ("dtp", LC),
+    "lc_ao_sdtp": ("ao_sdtp", LC), "lc_fw_dtp": ("fw_dtp", LC),
 }
 
 
@@ -162,7 +165,6 @@ def test_a_diverged_run_is_recorded_and_the_others_go_on(data_root, tmp_path, mo
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["arch=lc", "arch.layers=[[3,4,2]]", "arch.fc_hidden=[16]"], "LocallyConnected2d layers (network.blocks.0.ops."),
     (["diagnostics.every_n_steps=5"], "diagnostics.every_n_steps: the alignment diagnostics measure one model"),
     (["logger=wandb"], "logger: W&B logs one run per process"),
 ])

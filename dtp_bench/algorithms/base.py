@@ -57,8 +57,13 @@ class Algorithm(nn.Module):
 
     # ------------------------------------------------------------ randomness and losses, per run
     def randn_like(self, t: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like ``t``; with K runs each run's rows come from its own stream."""
-        return torch.randn_like(t) if self.streams is None else self.streams.randn_like(t)
+        """Standard normal noise shaped like ``t``, drawn in row-major order whatever ``t``'s strides
+        (``torch.randn_like`` follows them: a locally connected layer's permuted output would get
+        its noise in another order than a batched run's); with K runs each run's rows come from
+        its own stream."""
+        if self.streams is None:
+            return torch.randn(t.shape, dtype=t.dtype, device=t.device)
+        return self.streams.randn_like(t)
 
     def random_seeds(self, n: int) -> list[list[int]]:
         """``n`` seeds for private generators, one list per run, from each run's CPU stream."""

@@ -21,7 +21,14 @@ from torch import nn
 
 from ..nn.blocks import Block, forward_init_scheme, init_layer
 from ..nn.lc import LocallyConnected2d, locally_connected
-from ..nn.stacked import StackedConv2d, StackedLinear, from_groups, stacked_linear_fa, to_groups
+from ..nn.stacked import (
+    StackedConv2d,
+    StackedLinear,
+    StackedLocallyConnected2d,
+    from_groups,
+    stacked_linear_fa,
+    to_groups,
+)
 from .base import Algorithm, register_algorithm
 
 
@@ -120,6 +127,8 @@ def feedback_aligned(op: nn.Module, x: torch.Tensor, feedback: torch.Tensor) -> 
         bias = op.bias.flatten() if op.bias is not None else None
         out = Conv2dFA.apply(to_groups(x, op.runs), op.weight.flatten(0, 1), bias, feedback.flatten(0, 1), op)
         return from_groups(out, op.runs)
+    if isinstance(op, StackedLocallyConnected2d):
+        return op(x, feedback)
     if isinstance(op, nn.Conv2d):
         return Conv2dFA.apply(x, op.weight, op.bias, feedback, op)
     if isinstance(op, LocallyConnected2d):
@@ -127,7 +136,7 @@ def feedback_aligned(op: nn.Module, x: torch.Tensor, feedback: torch.Tensor) -> 
     raise NotImplementedError(f"feedback alignment has no rule for {op.__class__.__name__}")
 
 
-SUPPORTED_OPS = (nn.Linear, nn.Conv2d, LocallyConnected2d, StackedLinear, StackedConv2d)
+SUPPORTED_OPS = (nn.Linear, nn.Conv2d, LocallyConnected2d, StackedLinear, StackedConv2d, StackedLocallyConnected2d)
 
 
 def random_feedback_like(op: nn.Module, scheme: str, gain: float) -> torch.Tensor:

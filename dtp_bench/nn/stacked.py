@@ -7,6 +7,7 @@ over dim 1) is then unchanged; only what mixes samples or holds weights needs th
 * ``StackedLinear``: K weight matrices ``(K, out, in)`` applied with one batched matmul;
 * ``StackedConv2d`` / ``StackedConvTranspose2d``: K kernels as one grouped convolution (the runs
   moved into the channel axis, group k = run k);
+* ``StackedLocallyConnected2d`` / ``…Transpose2d``: the K runs' positions as one batched product;
 * ``StackedBatchNorm``: batch statistics per run, never across runs;
 * losses: reduced per run (``per_run_sum`` / ``per_run_mean``), one value per run, so the
   gradient of their sum with respect to run k's weights is run k's own gradient;
@@ -205,3 +206,105 @@ class StackedConvTranspose2d(_StackedConv):
     def _apply_grouped(self, x, weight, bias):
         return F.conv_transpose2d(x, weight, bias, self.stride, self.padding, self.output_padding, self.groups,
                                   self.dilation)
+
+
+# ---------------------------------------------------------------- locally connected layers
+def _lc_columns(layer, x: torch.Tensor, runs: int) -> torch.Tensor:
+    """Every run's patches, ``(K·L, B, C·k·k)``: run k's positions are the k-th block of L rows."""
+    cols = F.unfold(F.pad(x, layer.padding), layer.kernel_size, stride=layer.stride)  # (K·B, Ckk, L)
+    cols = cols.unflatten(0, (runs, -1)).permute(0, 3, 1, 2)  # (K, L, B, Ckk)
+    return cols.reshape(-1, cols.shape[2], cols.shape[3])
+
+
+def _from_positions(out: torch.Tensor, runs: int, size: tuple[int, int]) -> torch.Tensor:
+    """``(K·L, B, X)`` → ``(K·B, X, H, W)``."""
+    out = out.unflatten(0, (runs, -1)).permute(0, 2, 3, 1)  # (K, B, X, L)
+    return out.reshape(-1, out.shape[2], *size)
+
+
+def _to_positions(t: torch.Tensor, runs: int) -> torch.Tensor:
+    """``(K·B, X, H, W)`` → ``(K·L, B, X)``."""
+    t = t.flatten(2).unflatten(0, (runs, -1)).permute(0, 3, 1, 2)  # (K, L, B, X)
+    return t.reshape(-1, t.shape[2], t.shape[3])
+
+
+def _per_run_bias(out: torch.Tensor, bias: torch.Tensor | None, runs: int) -> torch.Tensor:
+    if bias is None:
+        return out
+    return (by_run(out, runs) + bias.unsqueeze(1)).flatten(0, 1)
+
+
+def _lc_transpose_stacked(layer, y: torch.Tensor, weight: torch.Tensor, runs: int) -> torch.Tensor:
+    """The adjoint of the bias-free stacked LC map: ``(K·B, O, H_out, W_out)`` → ``(K·B, C, H, W)``."""
+    left, right, top, bottom = layer.padding
+    height, width = layer.in_size
+    cols = torch.bmm(_to_positions(y, runs), weight.flatten(0, 1).mT)  # (K·L, B, Ckk)
+    cols = cols.unflatten(0, (runs, -1)).permute(0, 2, 3, 1).flatten(0, 1)  # (K·B, Ckk, L)
+    x = F.fold(cols, (height + top + bottom, width + left + right), layer.kernel_size, stride=layer.stride)
+    return x[:, :, top:top + height, left:left + width]
+
+
+class _StackedLCMap(torch.autograd.Function):
+    """The stacked LC map; the input gradient goes through ``feedback`` (the weight for backprop,
+    fixed matrices of its shape for feedback alignment), as ``_LocallyConnectedMap`` does."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, layer):
+        ctx.save_for_backward(x, feedback)
+        ctx.layer = layer
+        out = _from_positions(torch.bmm(_lc_columns(layer, x, layer.runs), weight.flatten(0, 1)), layer.runs,
+                              layer.out_size)
+        return _per_run_bias(out, bias, layer.runs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, feedback = ctx.saved_tensors
+        layer, runs = ctx.layer, ctx.layer.runs
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = _lc_transpose_stacked(layer, grad, feedback.to(grad.dtype), runs) if need_x else None
+        grad_w = None
+        if need_w:
+            cols = _lc_columns(layer, x, runs).to(grad.dtype)
+            grad_w = torch.bmm(cols.mT, _to_positions(grad, runs)).view_as(feedback)
+        grad_b = by_run(grad, runs).sum(1) if need_b else None
+        return grad_x, grad_w, grad_b, None, None
+
+
+class StackedLocallyConnected2d(nn.Module):
+    """K ``LocallyConnected2d``: ``weight`` ``(K, L, C·k·k, O)``, bias ``(K, O, H_out, W_out)``; all runs'
+    positions in one batched product."""
+
+    def __init__(self, layers: list):
+        super().__init__()
+        first = layers[0]
+        self.runs = len(layers)
+        for name in ("in_channels", "out_channels", "in_size", "out_size", "kernel_size", "stride", "padding",
+                     "init", "gain", "fan_in", "fan_out"):
+            setattr(self, name, getattr(first, name))
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]),
+                                   requires_grad=first.weight.requires_grad)
+        self.bias = (nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]),
+                                  requires_grad=first.bias.requires_grad) if first.bias is not None else None)
+        if hasattr(first, "init_scheme"):
+            self.init_scheme = first.init_scheme
+
+    def forward(self, x: torch.Tensor, feedback: torch.Tensor | None = None) -> torch.Tensor:
+        return _StackedLCMap.apply(x, self.weight, self.bias, self.weight if feedback is None else feedback, self)
+
+
+class StackedLocallyConnectedTranspose2d(nn.Module):
+    """K ``LocallyConnectedTranspose2d`` (the feedback counterpart), stacked like the forward layer."""
+
+    def __init__(self, layers: list):
+        super().__init__()
+        first = layers[0]
+        self.runs = len(layers)
+        for name in ("in_channels", "out_channels", "in_size", "out_size", "kernel_size", "stride", "padding"):
+            setattr(self, name, getattr(first, name))
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]),
+                                   requires_grad=first.weight.requires_grad)
+        self.bias = (nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]),
+                                  requires_grad=first.bias.requires_grad) if first.bias is not None else None)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return _per_run_bias(_lc_transpose_stacked(self, y, self.weight, self.runs), self.bias, self.runs)
