@@ -117,8 +117,14 @@ def test_an_interrupt_while_the_runs_checkpoint_waits_until_all_have(data_root, 
         save(self)
 
     monkeypatch.setattr(RunRecord, "save_checkpoint", save_interrupted_once)
-    with pytest.raises(SystemExit) as stopped:
-        run_config(overrides, tmp_path / "resumed")
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal (a job started in the background by a shell
+    # inherits SIGINT ignored, and Python then installs no handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_config(overrides, tmp_path / "resumed")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stopped.value.code == 130
     folders = run_folders(tmp_path / "resumed", SEED, RUNS)
     assert [len(read_metrics(f)) for f in folders] == [1] * RUNS
