@@ -56,20 +56,31 @@ def split_runs(t: torch.Tensor, runs: int, first: int) -> tuple[torch.Tensor, to
     return per_run[:, :head].flatten(0, 1), per_run[:, head:].flatten(0, 1)
 
 
-class StackedLinear(nn.Module):
-    """K ``nn.Linear`` of one shape: ``weight`` is ``(K, out, in)``, ``bias`` ``(K, out)``, so
-    ``weight[k]`` is run k's matrix exactly as its single run holds it."""
+class _StackedLayer(nn.Module):
+    """K layers of one type and shape as one module: ``weight`` and ``bias`` are theirs stacked
+    along a leading run axis (``weight[k]`` is run k's, exactly as its single run holds it); the
+    attributes named in ``copied`` (the geometry) and the init scheme are the first layer's."""
 
-    def __init__(self, layers: list[nn.Linear]):
+    copied: tuple[str, ...] = ()
+
+    def __init__(self, layers: list[nn.Module]):
         super().__init__()
         first = layers[0]
-        self.runs, self.in_features, self.out_features = len(layers), first.in_features, first.out_features
+        self.runs = len(layers)
+        for name in self.copied:
+            setattr(self, name, getattr(first, name))
         self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]),
                                    requires_grad=first.weight.requires_grad)
         self.bias = (nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]),
                                   requires_grad=first.bias.requires_grad) if first.bias is not None else None)
         if hasattr(first, "init_scheme"):
             self.init_scheme = first.init_scheme
+
+
+class StackedLinear(_StackedLayer):
+    """K ``nn.Linear`` of one shape: ``weight`` is ``(K, out, in)``, ``bias`` ``(K, out)``."""
+
+    copied = ("in_features", "out_features")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = by_run(x, self.runs)
@@ -144,28 +155,20 @@ def from_groups(y: torch.Tensor, runs: int) -> torch.Tensor:
     return ys.transpose(0, 1).reshape(runs * ys.shape[0], *ys.shape[2:])
 
 
-class _StackedConv(nn.Module):
+class _StackedConv(_StackedLayer):
     """What the stacked convolutions share: K ungrouped kernels of one shape, applied as one
-    convolution with ``groups = K`` (so ``weight[k]`` is run k's kernel as its single run holds it)."""
+    convolution with ``groups = K``."""
 
     transposed = False
+    copied = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "output_padding",
+              "padding_mode")
 
     def __init__(self, convs: list[nn.Module]):
-        super().__init__()
         first = convs[0]
         if first.groups != 1 or first.padding_mode != "zeros" or isinstance(first.padding, str):
             raise NotImplementedError("batched runs need zero-padded, ungrouped convolutions with integer padding")
-        self.runs = len(convs)
-        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                     "output_padding", "padding_mode"):
-            setattr(self, name, getattr(first, name))
+        super().__init__(convs)
         self.groups = self.runs  # the grouped convolution that runs all K at once
-        self.weight = nn.Parameter(torch.stack([c.weight.detach() for c in convs]),
-                                   requires_grad=first.weight.requires_grad)
-        self.bias = (nn.Parameter(torch.stack([c.bias.detach() for c in convs]),
-                                  requires_grad=first.bias.requires_grad) if first.bias is not None else None)
-        if hasattr(first, "init_scheme"):
-            self.init_scheme = first.init_scheme
 
     def _apply_grouped(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -270,41 +273,23 @@ class _StackedLCMap(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-class StackedLocallyConnected2d(nn.Module):
+_LC_GEOMETRY = ("in_channels", "out_channels", "in_size", "out_size", "kernel_size", "stride", "padding")
+
+
+class StackedLocallyConnected2d(_StackedLayer):
     """K ``LocallyConnected2d``: ``weight`` ``(K, L, C·k·k, O)``, bias ``(K, O, H_out, W_out)``; all runs'
     positions in one batched product."""
 
-    def __init__(self, layers: list):
-        super().__init__()
-        first = layers[0]
-        self.runs = len(layers)
-        for name in ("in_channels", "out_channels", "in_size", "out_size", "kernel_size", "stride", "padding",
-                     "init", "gain", "fan_in", "fan_out"):
-            setattr(self, name, getattr(first, name))
-        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]),
-                                   requires_grad=first.weight.requires_grad)
-        self.bias = (nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]),
-                                  requires_grad=first.bias.requires_grad) if first.bias is not None else None)
-        if hasattr(first, "init_scheme"):
-            self.init_scheme = first.init_scheme
+    copied = (*_LC_GEOMETRY, "init", "gain", "fan_in", "fan_out")
 
     def forward(self, x: torch.Tensor, feedback: torch.Tensor | None = None) -> torch.Tensor:
         return _StackedLCMap.apply(x, self.weight, self.bias, self.weight if feedback is None else feedback, self)
 
 
-class StackedLocallyConnectedTranspose2d(nn.Module):
+class StackedLocallyConnectedTranspose2d(_StackedLayer):
     """K ``LocallyConnectedTranspose2d`` (the feedback counterpart), stacked like the forward layer."""
 
-    def __init__(self, layers: list):
-        super().__init__()
-        first = layers[0]
-        self.runs = len(layers)
-        for name in ("in_channels", "out_channels", "in_size", "out_size", "kernel_size", "stride", "padding"):
-            setattr(self, name, getattr(first, name))
-        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]),
-                                   requires_grad=first.weight.requires_grad)
-        self.bias = (nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]),
-                                  requires_grad=first.bias.requires_grad) if first.bias is not None else None)
+    copied = _LC_GEOMETRY
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return _per_run_bias(_lc_transpose_stacked(self, y, self.weight, self.runs), self.bias, self.runs)
