@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import signal
 import threading
 import time
@@ -63,7 +62,6 @@ from .trainer import (
     SUMMARY,
     Trainer,
     config_hash,
-    epoch_line,
     log,
     seed_everything,
     train_log,
@@ -245,11 +243,8 @@ class RunRecord(Trainer):
         self.learning_signal = (LearningSignal(group.algorithm, self.typed.diagnostics,
                                                self.typed.trainer.frozen_blocks, run=run)
                                 if self.typed.diagnostics.learning_signal else None)
-        self.history: list[dict] = []
-        self.best_test_error = math.inf
-        self.start_epoch, self.elapsed, self.step = 0, 0.0, 0
-        self.logger = None
-        self.diverged_epoch: int | None = None
+        self._start_records()
+        self.log_prefix = f"seed {seed}: "
         self.activation_check: dict | None = None
         self.activation_blowup: str | None = None
         self.active = True  # False once it diverged (or was found finished on resume)
@@ -475,11 +470,7 @@ class ParallelTrainer:
                 row = {"epoch": epoch + 1, **row}
                 r.elapsed += row["epoch_seconds"]
                 r.step = self.step
-                if not (math.isfinite(row["train_loss"]) and r._parameters_finite()):
-                    r.diverged_epoch, row["test_error"] = epoch + 1, None
-                    r._record(row, checkpoint=False)
-                    warn(f"seed {r.typed.seed}: diverged: training loss {row['train_loss']}, or a non-finite weight, "
-                         f"in epoch {epoch + 1}")
+                if r._diverged(row):
                     r.write_summary("diverged")
                     r.active = False
                     continue
@@ -494,22 +485,8 @@ class ParallelTrainer:
         return [r.write_summary("completed") if r.active else _read_summary(r.run_dir) for r in self.records]
 
     def _record_epoch(self, evaluated: dict[int, dict], test: list, val: list | None) -> None:
-        t = self.typed.trainer
         for k, row in evaluated.items():
-            r = self.records[k]
-            row["test_error"], top5 = test[k]
-            if top5 is not None:
-                row["test_top5_error"] = top5
-            if val is not None:
-                row["val_error"] = val[k][0]
-            r.best_test_error = min(r.best_test_error, row["test_error"])
-            if t.save_best:
-                r._save_best(row)
-            r._record(row, checkpoint=t.checkpoint)
-            log.info("seed %d: %s", r.typed.seed, epoch_line(row, t.epochs))
-            if r.learning_signal is not None:
-                for line in r.learning_signal.new_warnings(r.history):
-                    warn(f"seed {r.typed.seed}: {line}")
+            self.records[k]._record_epoch(row, test[k], val[k] if val is not None else None)
 
     def write_summary(self, status: str) -> list[dict]:
         """Every still-active run's summary with ``status`` (interrupted, failed)."""

@@ -254,6 +254,7 @@ def training_device(t) -> tuple[torch.device, torch.dtype, Any, torch.dtype]:
 
 class Trainer:
     extra_summary: dict = {}  # what a batched run adds to its summary.json (dtp_bench/parallel.py)
+    log_prefix = ""  # before its log lines and warnings ("seed s: " for a batched job's runs)
 
     def __init__(self, cfg, typed, run_dir: Path, choices: dict | None = None):
         """``cfg``: the composed DictConfig; ``typed``: its validated dataclass tree."""
@@ -287,6 +288,10 @@ class Trainer:
         self.learning_signal = (LearningSignal(self.algorithm, typed.diagnostics, t.frozen_blocks)
                                 if typed.diagnostics.learning_signal else None)
         self.generator = torch.Generator(device=self.device).manual_seed(typed.seed)
+        self._start_records()
+
+    def _start_records(self) -> None:
+        """A fresh run's bookkeeping (what checkpoints and summaries are made of)."""
         self.history: list[dict] = []
         self.best_test_error = math.inf
         self.start_epoch = 0
@@ -502,28 +507,43 @@ class Trainer:
         for epoch in range(self.start_epoch, t.epochs):
             row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             self.elapsed += row["epoch_seconds"]  # a diverged epoch's training time counts too
-            # the loss, and the weights: the last update of an epoch may be the one that overflows
-            if not (math.isfinite(row["train_loss"]) and self._parameters_finite()):
-                self.diverged_epoch = epoch + 1
-                row["test_error"] = None
-                self._record(row, checkpoint=False)
-                warn(f"diverged: training loss {row['train_loss']}, or a non-finite weight, in epoch {epoch + 1}")
+            if self._diverged(row):
                 return self.write_summary("diverged")
-            row["test_error"], top5 = self.evaluate("test")
-            if top5 is not None:
-                row["test_top5_error"] = top5
-            if self.data.val_y is not None:
-                row["val_error"], _ = self.evaluate("val")
+            test = self.evaluate("test")
+            val = self.evaluate("val") if self.data.val_y is not None else None
             self.algorithm.after_epoch(epoch)
-            self.best_test_error = min(self.best_test_error, row["test_error"])
-            if t.save_best:
-                self._save_best(row)
-            self._record(row, checkpoint=t.checkpoint)
-            log.info(epoch_line(row, t.epochs))
-            if self.learning_signal is not None:
-                for line in self.learning_signal.new_warnings(self.history):
-                    warn(line)
+            self._record_epoch(row, test, val)
         return self.write_summary("completed")
+
+    def _diverged(self, row: dict) -> bool:
+        """Whether the epoch of ``row`` diverged (then recorded as such, without a checkpoint)."""
+        # the loss, and the weights: the last update of an epoch may be the one that overflows
+        if math.isfinite(row["train_loss"]) and self._parameters_finite():
+            return False
+        self.diverged_epoch = row["epoch"]
+        row["test_error"] = None
+        self._record(row, checkpoint=False)
+        warn(f"{self.log_prefix}diverged: training loss {row['train_loss']}, or a non-finite weight, "
+             f"in epoch {row['epoch']}")
+        return True
+
+    def _record_epoch(self, row: dict, test: tuple[float, float | None], val: tuple | None) -> None:
+        """A completed epoch: its errors (``evaluate``'s results) into ``row``, best.pt, the metrics
+        line, the checkpoint, the log line and any learning-signal warnings."""
+        t = self.typed.trainer
+        row["test_error"], top5 = test
+        if top5 is not None:
+            row["test_top5_error"] = top5
+        if val is not None:
+            row["val_error"] = val[0]
+        self.best_test_error = min(self.best_test_error, row["test_error"])
+        if t.save_best:
+            self._save_best(row)
+        self._record(row, checkpoint=t.checkpoint)
+        log.info(self.log_prefix + epoch_line(row, t.epochs))
+        if self.learning_signal is not None:
+            for line in self.learning_signal.new_warnings(self.history):
+                warn(self.log_prefix + line)
 
     def _check_activations(self, x: torch.Tensor) -> None:
         """The early activation check: the first batch's RMS of every hidden block before any update,
